@@ -1,0 +1,1 @@
+"""Command line: argument parsing only; every command calls a public function."""
