@@ -1,1 +1,53 @@
-"""Command line: argument parsing only; every command calls a public function."""
+"""Command line: argument parsing only; every command calls a public function.
+
+Each command lives in `attnres/cli/<command>.py` with `add_parser(subparsers)`, which
+registers the sub-command and sets `func` to a function taking the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["models", "train", "eval", "ablate", "demo", "explain", "bench", "profile",
+            "export"]
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnres",
+        description="Attention modules (CBAM, SE, ECA, BAM, SK, split attention) in "
+                    "ResNet-family networks: models, training, ablations, analysis, export.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"attnres.cli.{name.replace('-', '_')}")
+        except ModuleNotFoundError as e:  # a command still being written
+            if e.name != f"attnres.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (UsageError, ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"attnres {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"attnres {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

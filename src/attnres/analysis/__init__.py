@@ -1,0 +1,1 @@
+"""Looking at models: parameters, FLOPs, timing, attention statistics, explanations."""

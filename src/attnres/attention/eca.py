@@ -1,0 +1,44 @@
+"""ECA: Efficient Channel Attention (Wang et al., CVPR 2020, arXiv:1910.03151).
+
+A 1-D convolution across the pooled channel vector, kernel size k = psi(C) =
+|log2(C) / gamma + b / gamma|, rounded to the nearest odd number above (eq. 12).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
+    """The paper's adaptive kernel size: t = int(|(log2 C + b) / gamma|), made odd."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+class EcaGate(nn.Module):
+    """Channel weights `(B, C, H, W) -> (B, C, 1, 1)`: sigmoid(conv1d_k(AvgPool(x)))."""
+
+    def __init__(self, channels: int, gamma: float = 2, b: float = 1,
+                 kernel_size: int | None = None) -> None:
+        super().__init__()
+        k = kernel_size or eca_kernel_size(channels, gamma, b)
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.mean(dim=(2, 3))[:, None, :])  # (B, 1, C)
+        return torch.sigmoid(y)[:, 0, :, None, None]
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA block, `(B, C, H, W) -> (B, C, H, W)`, gamma = 2, b = 1 as in the paper."""
+
+    def __init__(self, channels: int, gamma: float = 2, b: float = 1,
+                 kernel_size: int | None = None) -> None:
+        super().__init__()
+        self.gate = EcaGate(channels, gamma, b, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
