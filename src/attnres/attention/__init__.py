@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .bam import BAM
+from .bam import BAM, BamGate
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .eca import EcaGate, EfficientChannelAttention
 from .norm import SafeBatchNorm2d
@@ -62,7 +62,7 @@ def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) 
 
 
 __all__ = [
-    "ATTENTION", "BAM", "CBAM", "ChannelGate", "EcaGate", "EfficientChannelAttention",
+    "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "EcaGate", "EfficientChannelAttention",
     "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d", "SqueezeExcite",
     "attention_class", "create_attention", "list_attention",
 ]

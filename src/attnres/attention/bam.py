@@ -24,8 +24,8 @@ def _conv_bn_relu(cin: int, cout: int, kernel_size: int, dilation: int = 1) -> n
                          SafeBatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class BAM(nn.Module):
-    """BAM block, `(B, C, H, W) -> (B, C, H, W)`: x * (1 + sigmoid(Mc(x) + Ms(x)))."""
+class BamGate(nn.Module):
+    """BAM's attention map M(F) = sigmoid(Mc(F) + Ms(F)): `(B, C, H, W) -> (B, C, H, W)`."""
 
     def __init__(self, channels: int, reduction: float = 16, dilation: int = 4,
                  num_dilated: int = 2) -> None:
@@ -48,9 +48,18 @@ class BAM(nn.Module):
         """Ms: `(B, C, H, W) -> (B, 1, H, W)` (logits, before the sigmoid)."""
         return self.spatial_norm(self.spatial_out(self.spatial(x)))
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """M(F) = sigmoid(Mc + Ms): `(B, C, H, W) -> (B, C, H, W)` in [0, 1]."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.channel_attention(x) + self.spatial_attention(x))
+
+
+class BAM(nn.Module):
+    """BAM block, `(B, C, H, W) -> (B, C, H, W)`: x * (1 + M(x)), reduction r = 16 and
+    dilation 4 as in the paper."""
+
+    def __init__(self, channels: int, reduction: float = 16, dilation: int = 4,
+                 num_dilated: int = 2) -> None:
+        super().__init__()
+        self.gate = BamGate(channels, reduction, dilation, num_dilated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * (1 + self.gate(x))
