@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+
+from ..attention import closest
 
 COMMANDS = ["models", "train", "eval", "ablate", "demo", "explain", "bench", "profile",
             "export"]
@@ -18,8 +21,19 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Prints bad arguments as one line (no usage dump), with the closest valid choice."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        m = re.search(r"invalid choice: '?([^' ]+)'? \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip(" '\"") for c in m.group(2).split(",")]
+            message += closest(m.group(1), choices)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="attnres",
         description="Attention modules (CBAM, SE, ECA, BAM, SK, split attention) in "
                     "ResNet-family networks: models, training, ablations, analysis, export.")

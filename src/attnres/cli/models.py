@@ -1,0 +1,28 @@
+"""`attnres models`: architectures with their parameter counts, placements, presets,
+attention names."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models", help="list architectures, parameter counts, placements and attention names",
+        description="Print a table of architectures and parameter counts (plain, and with "
+                    "each attention module in every residual block), then the placements, "
+                    "presets and attention names that build_model accepts.")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnres.attention import list_attention
+    from attnres.models import list_placements, list_presets
+    from attnres.models.build import model_table
+
+    print(model_table())
+    print()
+    print("placements:", ", ".join(list_placements()))
+    print("presets:   ", ", ".join(list_presets()))
+    print("attention: ", ", ".join(list_attention()))
+    return 0

@@ -1,0 +1,212 @@
+"""Evaluate a classifier on one split: top-1/top-5, mean loss, per-class accuracy, confusion."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnres.data import BatchLoader, ImageData, load_dataset
+
+
+def _accumulate(logits: torch.Tensor, labels: torch.Tensor, k: int, confusion: torch.Tensor
+                ) -> tuple[float, int, int]:
+    """Add one batch to `confusion` `(K, K)` [true, predicted]; return (loss sum, top1, topk)."""
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum").item()
+    topk = logits.topk(k, dim=1).indices  # (B, k)
+    hits = topk == labels[:, None]
+    pred = topk[:, 0]
+    num_classes = confusion.shape[0]
+    confusion += torch.bincount(labels * num_classes + pred,
+                                minlength=num_classes * num_classes).view_as(confusion).cpu()
+    return loss, int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
+                        ) -> dict:
+    """The metrics of `evaluate` for given logits `(N, K)` and labels `(N,)`."""
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.int64)
+    k = min(5, len(classes))
+    loss, top1, topk = _accumulate(logits, labels, k, confusion)
+    return _summarise(loss, top1, topk, confusion, classes, k)
+
+
+def _summarise(loss: float, top1: int, topk: int, confusion: torch.Tensor,
+               classes: Sequence[str], k: int) -> dict:
+    n = int(confusion.sum())
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    per_class_total = confusion.sum(dim=1)
+    per_class = {name: (float(confusion[i, i]) / int(per_class_total[i])
+                        if int(per_class_total[i]) else None)  # None: class absent from split
+                 for i, name in enumerate(classes)}
+    return {"top1": top1 / n, "top5": topk / n, "topk": k, "loss": loss / n,
+            "per_class": per_class, "confusion": confusion.tolist(), "n": n}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_size: int = 256,
+             device: str | torch.device = "cpu") -> dict:
+    """Top-1, top-5 (top-k capped at the class count), mean cross-entropy, per-class accuracy
+    and confusion matrix (rows: true class, columns: predicted) of `model` on `data.<split>`.
+
+    The split is normalised with `data.mean` / `data.std` (set these to the checkpoint's
+    statistics when evaluating a trained model on new data). The model's train/eval mode is
+    restored afterwards. Returns {top1, top5, topk, loss, per_class, confusion, n}.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split {split!r} is not one of: train, val")
+    images = getattr(data, split)
+    loader = BatchLoader(images.images, images.labels, batch_size=batch_size, train=False,
+                         mean=data.mean, std=data.std, kind=data.kind,
+                         image_size=data.image_size)
+    device = torch.device(device)
+    k = min(5, data.num_classes)
+    confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
+    loss_sum, top1, topk = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in loader:
+            logits = model(x.to(device, non_blocking=True))
+            if logits.shape[1] != data.num_classes:
+                raise ValueError(f"model gives {logits.shape[1]} outputs but the data has "
+                                 f"{data.num_classes} classes")
+            loss, hits1, hitsk = _accumulate(logits, y.to(device), k, confusion)
+            loss_sum, top1, topk = loss_sum + loss, top1 + hits1, topk + hitsk
+    finally:
+        model.train(was_training)
+    return _summarise(loss_sum, top1, topk, confusion, data.classes, k)
+
+
+def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str],
+                       path: str | Path) -> Path:
+    """Draw the confusion matrix (row-normalised colours, counts written in) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    counts = torch.as_tensor(confusion, dtype=torch.float64)
+    k = len(classes)
+    if counts.shape != (k, k):
+        raise ValueError(f"confusion shape {tuple(counts.shape)} does not match {k} classes")
+    rows = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    side = min(2 + 0.45 * k, 30)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    if k <= 40:  # beyond this labels and counts are unreadable anyway
+        ax.set_xticks(range(k), labels=list(classes), rotation=90)
+        ax.set_yticks(range(k), labels=list(classes))
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
+                        out: str | Path | None = None, split: str = "val",
+                        val_split: float | None = None, split_seed: int | None = None,
+                        batch_size: int = 256, device: str = "cpu",
+                        cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
+    `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
+
+    The data defaults to the checkpoint's own (`config.data`, its validation split and split
+    seed); images are normalised with the checkpoint's mean/std and resized to its image
+    size, never with statistics of the new data. Returns the metrics plus "checkpoint",
+    "data", "split" and "files".
+    """
+    from attnres.train import load_checkpoint, load_model
+
+    file = Path(checkpoint)
+    if file.is_dir():  # a run folder: its best checkpoint, else its last
+        found = [file / n for n in ("best.pt", "last.pt") if (file / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"run folder {str(file)!r} holds no best.pt or last.pt")
+        file = found[0]
+    config = dict(load_checkpoint(file).get("config") or {})
+    model = load_model(file, map_location=device)
+    prep = dict(getattr(model, "preprocessing", {}) or {})
+    if not {"mean", "std", "image_size"} <= set(prep):
+        raise ValueError(f"checkpoint {str(file)!r} holds no preprocessing (mean, std, "
+                         f"image_size); it was not written by attnres train")
+    same_data = data is None or data == config.get("data")
+    spec = data if data is not None else config.get("data")
+    if not spec:
+        raise ValueError(f"checkpoint {str(file)!r} does not name its data; pass --data")
+    if val_split is None and same_data:
+        val_split = config.get("val_split")
+    if split_seed is None:
+        split_seed = int(config.get("split_seed", 0)) if same_data else 0
+    if cache_dir is None:
+        cache_dir = config.get("cache_dir")
+    dataset = load_dataset(str(spec), val_split=val_split, seed=split_seed,
+                           image_size=int(prep["image_size"]), cache_dir=cache_dir)
+    classes = list(prep.get("classes") or dataset.classes)
+    if classes != dataset.classes:
+        raise ValueError(f"data {spec!r} has classes {dataset.classes[:10]} but the model was "
+                         f"trained on {classes[:10]}")
+    dataset = dataclasses.replace(dataset, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device)
+    out_dir = Path(out) if out is not None else file.parent / "eval"
+    json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
+    result.update(checkpoint=str(file), data=str(spec), split=split,
+                  files={"json": str(json_path), "confusion": str(png_path)})
+    save_confusion_png(result["confusion"], dataset.classes, png_path)
+    _atomic_text(json_path, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A short text table: overall metrics, then per-class accuracy."""
+    lines = [f"{'split':<12}{result.get('split', '?')} ({result['n']} images)",
+             f"{'top-1':<12}{100 * result['top1']:.2f}%",
+             f"{'top-' + str(result['topk']):<12}{100 * result['top5']:.2f}%",
+             f"{'loss':<12}{result['loss']:.4f}", "", f"{'class':<20}accuracy"]
+    for name, acc in result["per_class"].items():
+        lines.append(f"{name[:19]:<20}{'-' if acc is None else f'{100 * acc:.1f}%'}")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate", "evaluate_checkpoint", "format_table", "metrics_from_logits",
+           "save_confusion_png"]
