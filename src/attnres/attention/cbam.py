@@ -13,10 +13,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .fused import avg_max_pool, gate_product, gated_channel_pool, spatial_conv, use_fast_path
 from .norm import SafeBatchNorm2d
 
 POOL_TYPES = ("avg", "max", "lp", "lse")
 ORDERS = ("channel-first", "spatial-first", "parallel")
+IMPLS = ("fast", "reference")
+
+
+def check_impl(impl: str) -> str:
+    """`impl` if it is one of IMPLS, else a ValueError."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}: allowed {', '.join(IMPLS)}")
+    return impl
 
 
 def hidden_width(channels: int, reduction: float) -> int:
@@ -42,11 +51,14 @@ class ChannelGate(nn.Module):
     sigmoid of the sum, over the pool types, of one shared MLP applied to each pooled vector.
 
     With `pool_types=("avg",)` and `mlp_bias=True` this is the Squeeze-and-Excitation gate.
+    `impl="fast"` pools avg + max with a one-pass backward (`fused.avg_max_pool`).
     """
 
     def __init__(self, channels: int, reduction: float = 16,
-                 pool_types: Sequence[str] = ("avg", "max"), mlp_bias: bool = False) -> None:
+                 pool_types: Sequence[str] = ("avg", "max"), mlp_bias: bool = False,
+                 impl: str = "fast") -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         pool_types = tuple(pool_types)
         bad = [p for p in pool_types if p not in POOL_TYPES]
         if bad or not pool_types:
@@ -62,7 +74,15 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One MLP call on the stacked descriptors (P, B, C), then the sum over P.
-        pooled = torch.stack([spatial_pool(x, p) for p in self.pool_types])
+        fast = self.impl == "fast" and use_fast_path()
+        if fast and self.pool_types in (("avg", "max"), ("max", "avg")):
+            pooled = avg_max_pool(x)  # [avg; max], one pass in backward
+            if self.pool_types[0] == "max":
+                pooled = pooled.flip(0)
+        elif len(self.pool_types) == 1:
+            pooled = spatial_pool(x, self.pool_types[0])[None]
+        else:
+            pooled = torch.stack([spatial_pool(x, p) for p in self.pool_types])
         logits = self.fc2(self.act(self.fc1(pooled))).sum(dim=0)
         return torch.sigmoid(logits)[:, :, None, None]
 
@@ -70,10 +90,16 @@ class ChannelGate(nn.Module):
 class SpatialGate(nn.Module):
     """Spatial attention weights `(B, C, H, W) -> (B, 1, H, W)` in [0, 1]:
     sigmoid(conv_kxk([mean over C; max over C])), optionally with batch norm after the conv
-    (`norm="batch"`, as in the authors' code, where the conv then has no bias)."""
+    (`norm="batch"`, as in the authors' code, where the conv then has no bias).
 
-    def __init__(self, kernel_size: int = 7, norm: str | None = None) -> None:
+    `forward(x, channel_gate=gc)` returns the gate of `x * gc` (`gc (B, C, 1, 1)`) without
+    keeping `x * gc` for backward (CBAM's fast path); the output is the gate either way.
+    """
+
+    def __init__(self, kernel_size: int = 7, norm: str | None = None,
+                 impl: str = "fast") -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size!r}: must be odd (the paper uses 3 or 7)")
         if norm not in (None, "batch"):
@@ -82,9 +108,17 @@ class SpatialGate(nn.Module):
         # momentum 0.01 as in the authors' BasicConv.
         self.norm = SafeBatchNorm2d(1, momentum=0.01) if norm == "batch" else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.norm(self.conv(pooled)))
+    def forward(self, x: torch.Tensor, channel_gate: torch.Tensor | None = None) -> torch.Tensor:
+        fast = self.impl == "fast" and use_fast_path()
+        if channel_gate is not None and fast:
+            pooled = gated_channel_pool(x, channel_gate)
+        else:
+            if channel_gate is not None:
+                x = x * channel_gate
+            pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)],
+                               dim=1)
+        logits = spatial_conv(pooled, self.conv) if fast else self.conv(pooled)
+        return torch.sigmoid(self.norm(logits))
 
 
 class CBAM(nn.Module):
@@ -100,23 +134,65 @@ class CBAM(nn.Module):
         channel, spatial: switch either gate off for channel-only / spatial-only ablations.
         mlp_bias: biases in the MLP (the paper's formulas have none; the authors' code has).
         spatial_norm: None or "batch" (the authors' code puts BN after the spatial conv).
+        impl: "fast" (default; see `attention/fused.py`) or "reference" (the formulas as
+            eager PyTorch ops); both give the same outputs and gradients and have the same
+            parameters.
     """
 
     def __init__(self, channels: int, reduction: float = 16,
                  pool_types: Sequence[str] = ("avg", "max"), kernel_size: int = 7,
                  order: str = "channel-first", channel: bool = True, spatial: bool = True,
-                 mlp_bias: bool = False, spatial_norm: str | None = None) -> None:
+                 mlp_bias: bool = False, spatial_norm: str | None = None,
+                 impl: str = "fast") -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         if order not in ORDERS:
             raise ValueError(f"order={order!r}: allowed {', '.join(ORDERS)}")
         if not (channel or spatial):
             raise ValueError("channel=False and spatial=False leaves CBAM with no gate")
         self.order = order
-        self.channel_gate = (ChannelGate(channels, reduction, pool_types, mlp_bias)
+        self.channel_gate = (ChannelGate(channels, reduction, pool_types, mlp_bias, impl)
                              if channel else None)
-        self.spatial_gate = SpatialGate(kernel_size, spatial_norm) if spatial else None
+        self.spatial_gate = SpatialGate(kernel_size, spatial_norm, impl) if spatial else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
+    folds_residual = True
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`, the attention
+        folded into a residual block's add and ReLU: `relu(cbam(x) + identity)`, which saves
+        a pass over the map."""
+        if self.impl == "fast" and use_fast_path():
+            return self._forward_fast(x, identity)
+        out = self._forward_reference(x)
+        return out if identity is None else torch.relu(out + identity)
+
+    def forward_add(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """`relu(self(x) + identity)`, through `__call__` so that hooks still run."""
+        return self(x, identity=identity)
+
+    def _forward_fast(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
+        channel_gate, spatial_gate = self.channel_gate, self.spatial_gate
+        if spatial_gate is None:
+            return gate_product(x, channel_gate(x), None, identity)
+        if channel_gate is None:
+            return gate_product(x, None, spatial_gate(x), identity)
+        if self.order == "parallel":
+            return gate_product(x, channel_gate(x), spatial_gate(x), identity)
+        if self.order == "spatial-first":  # an ablation; the eager ops are fine
+            out = self._forward_reference(x)
+            return out if identity is None else torch.relu(out + identity)
+        gc = channel_gate(x)
+        if torch.is_grad_enabled():
+            return gate_product(x, gc, spatial_gate(x, channel_gate=gc), identity)
+        # Inference: x * gc is made once and then updated in place.
+        gated = x * gc
+        gs = spatial_gate(gated)
+        if identity is None:
+            return gated.mul_(gs)
+        return torch.addcmul(identity, gated, gs, out=gated).relu_()
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         if self.channel_gate is None:
             return x * self.spatial_gate(x)
         if self.spatial_gate is None:

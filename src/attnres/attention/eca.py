@@ -11,6 +11,9 @@ import math
 import torch
 from torch import nn
 
+from .cbam import check_impl
+from .fused import gate_product, use_fast_path
+
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
     """The paper's adaptive kernel size: t = int(|(log2 C + b) / gamma|), made odd."""
@@ -33,12 +36,26 @@ class EcaGate(nn.Module):
 
 
 class EfficientChannelAttention(nn.Module):
-    """ECA block, `(B, C, H, W) -> (B, C, H, W)`, gamma = 2, b = 1 as in the paper."""
+    """ECA block, `(B, C, H, W) -> (B, C, H, W)`, gamma = 2, b = 1 as in the paper.
+    `impl`: "fast" or "reference", as for CBAM (same outputs, gradients and parameters)."""
 
     def __init__(self, channels: int, gamma: float = 2, b: float = 1,
-                 kernel_size: int | None = None) -> None:
+                 kernel_size: int | None = None, impl: str = "fast") -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         self.gate = EcaGate(channels, gamma, b, kernel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+    # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
+    folds_residual = True
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`:
+        `relu(x * gate + identity)`, the gate folded into a residual block's add and ReLU."""
+        if self.impl == "fast" and use_fast_path():
+            return gate_product(x, self.gate(x), None, identity)
+        out = x * self.gate(x)
+        return out if identity is None else torch.relu(out + identity)
+
+    def forward_add(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """`relu(self(x) + identity)`, through `__call__` so that hooks still run."""
+        return self(x, identity=identity)

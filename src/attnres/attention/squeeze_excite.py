@@ -8,16 +8,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cbam import ChannelGate
+from .cbam import ChannelGate, check_impl
+from .fused import gate_product, use_fast_path
 
 
 class SqueezeExcite(nn.Module):
     """SE block, `(B, C, H, W) -> (B, C, H, W)`; reduction r = 16 and biased FC layers as in
-    the paper (SE-ResNet-50: 28.09 M parameters)."""
+    the paper (SE-ResNet-50: 28.09 M parameters). `impl`: "fast" or "reference", as for
+    CBAM (same outputs, gradients and parameters)."""
 
-    def __init__(self, channels: int, reduction: float = 16, bias: bool = True) -> None:
+    def __init__(self, channels: int, reduction: float = 16, bias: bool = True,
+                 impl: str = "fast") -> None:
         super().__init__()
-        self.gate = ChannelGate(channels, reduction, pool_types=("avg",), mlp_bias=bias)
+        self.impl = check_impl(impl)
+        self.gate = ChannelGate(channels, reduction, pool_types=("avg",), mlp_bias=bias,
+                                impl=impl)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+    # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
+    folds_residual = True
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`:
+        `relu(x * gate + identity)`, the gate folded into a residual block's add and ReLU."""
+        if self.impl == "fast" and use_fast_path():
+            return gate_product(x, self.gate(x), None, identity)
+        out = x * self.gate(x)
+        return out if identity is None else torch.relu(out + identity)
+
+    def forward_add(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """`relu(self(x) + identity)`, through `__call__` so that hooks still run."""
+        return self(x, identity=identity)

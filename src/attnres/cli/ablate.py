@@ -1,0 +1,74 @@
+"""`attnres ablate`: train a grid of configurations x seeds and write an honest table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ablate", help="train a grid of configurations x seeds; write results.md/.csv/.png",
+        description="Train every configuration of a preset or TOML grid with every seed "
+                    "(runs already finished under --out are skipped), then write "
+                    "results.md, results.csv and accuracy_vs_latency.png.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", help="named grid: modules (baseline/SE/ECA/CBAM/BAM) or "
+                                        "placements (CBAM presets)")
+    which.add_argument("--grid", metavar="FILE.toml", help="grid file ([defaults] and "
+                                                           "[[configs]] tables)")
+    parser.add_argument("--data", default=None,
+                        help="digits (default), cifar10, cifar100, a folder or .tar(.gz)")
+    parser.add_argument("--val-split", type=float, default=None,
+                        help="validation fraction in (0, 1) or number of images")
+    parser.add_argument("--arch", default=None, help="architecture for every configuration "
+                                                     "(default: the grid's, else resnet20)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the train "
+                                                       "default)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other TrainConfig field for every run, e.g. "
+                             "--set warmup_epochs=0.2 (value parsed as JSON, else text)")
+    parser.add_argument("--out", required=True, help="folder for the runs and the report")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the latency timing (no plot)")
+    parser.add_argument("--no-explain", action="store_true",
+                        help="skip the Grad-CAM / attention-map grid")
+    parser.set_defaults(func=run)
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """`["lr=0.05", "schedule=step"]` -> `{"lr": 0.05, "schedule": "step"}`."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. warmup_epochs=0.2")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        settings[key.strip().replace("-", "_")] = value
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnres.ablate import ablate
+
+    overrides = parse_settings(args.set)
+    if args.val_split is not None:
+        # whole numbers mean a count of images, as in `attnres train --val-split`
+        overrides["val_split"] = int(args.val_split) if args.val_split >= 1 else args.val_split
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs {args.epochs}: must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    ablate(args.preset or args.grid, out=args.out, seeds=args.seeds, data=args.data,
+           arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+           overrides=overrides, latency=not args.no_latency, explain_maps=not args.no_explain)
+    return 0

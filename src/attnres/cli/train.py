@@ -1,0 +1,117 @@
+"""`attnres train`: fill a `TrainConfig` from the command line and call `attnres.train.train`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import sys
+from typing import Any
+
+HELP = "train a model (checkpoints, resume, DDP under torchrun)"
+
+
+def parse_kwargs(text: str) -> dict[str, Any]:
+    """'reduction=8,kernel_size=3' -> {'reduction': 8, 'kernel_size': 3} (Python literals;
+    anything else stays a string)."""
+    result: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--attention-kwargs item {item!r}: expected name=value, e.g. "
+                             f"reduction=8,kernel_size=3")
+        try:
+            result[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            result[key.strip()] = value.strip()
+    return result
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    description = (f"{HELP[0].upper()}{HELP[1:]}. Options left out take the recipe's "
+                   f"defaults (see attnres.TrainConfig).")
+    p = subparsers.add_parser("train", help=HELP, description=description)
+    model = p.add_argument_group("model")
+    model.add_argument("--arch", help="architecture, e.g. resnet20 (see `attnres models`)")
+    model.add_argument("--attention", help="se, eca, cbam, bam, or none")
+    model.add_argument("--placement", nargs="+", metavar="NAME",
+                       help="where attention goes: block, block-post, stage, stem, head ...")
+    model.add_argument("--stages", nargs="+", type=int, metavar="S",
+                       help="stages (1-based) that get attention")
+    model.add_argument("--preset", help="named placement preset")
+    model.add_argument("--attention-kwargs", metavar="K=V,...",
+                       help="options of the attention module, e.g. reduction=8,kernel_size=3")
+    model.add_argument("--pretrained", help="torchvision weights name or a weights file")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data", help="digits, cifar10, cifar100, or an ImageFolder path/archive")
+    data.add_argument("--val-split", type=float, metavar="F",
+                      help="fraction in (0, 1), or a number of images, held out for validation")
+    data.add_argument("--image-size", type=int, metavar="PX")
+    data.add_argument("--cache-dir", help="where decoded images are cached")
+
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int)
+    optim.add_argument("--batch-size", type=int, help="global batch (split over processes)")
+    optim.add_argument("--lr", type=float, help="peak learning rate")
+    optim.add_argument("--momentum", type=float)
+    optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--label-smoothing", type=float)
+    optim.add_argument("--schedule", choices=["cosine", "step"])
+    optim.add_argument("--warmup-epochs", type=float)
+    optim.add_argument("--attention-lr-mult", type=float,
+                       help="learning-rate multiplier for attention parameters")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                     help="mixed precision (CUDA: bf16, or fp16 with --amp-dtype float16)")
+    run.add_argument("--amp-dtype", choices=["bfloat16", "float16"])
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="channels_last memory format on CUDA (default on)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                     help="deterministic CUDA kernels (slower)")
+    run.add_argument("--out", metavar="DIR", help="run folder (default runs/ARCH-ATTN-sSEED)")
+    run.add_argument("--resume", metavar="RUN",
+                     help="continue the run in this folder (or from this checkpoint)")
+    run.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=None,
+                     help="log attention statistics per epoch and warn on saturation")
+    run.add_argument("--skip-nonfinite", type=int, metavar="N",
+                     help="skip up to N steps whose loss is NaN/inf instead of stopping")
+    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--quiet", action="store_true", default=None,
+                     help="no progress bar or per-epoch lines")
+    p.set_defaults(func=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The `TrainConfig` the options ask for (options left out keep the defaults)."""
+    from attnres.train import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if getattr(args, f.name, None) is not None}
+    if "attention" in values and values["attention"].lower() == "none":
+        values["attention"] = None
+    if "placement" in values:
+        placements = values["placement"]
+        values["placement"] = placements[0] if len(placements) == 1 else placements
+    if "attention_kwargs" in values:
+        values["attention_kwargs"] = parse_kwargs(values["attention_kwargs"])
+    if "val_split" in values and float(values["val_split"]).is_integer() \
+            and values["val_split"] >= 1:
+        values["val_split"] = int(values["val_split"])  # a count of images
+    return TrainConfig(**values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from attnres.train import NonFiniteLossError, train
+
+    try:
+        train(config_from_args(args))
+    except NonFiniteLossError as e:
+        print(f"attnres train: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,405 @@
+"""Training: recipe pieces, the run folder, determinism, resume after SIGKILL/SIGINT,
+non-finite losses and argument validation.
+
+Most runs use a tiny slice of the real digits data (96 training, 64 validation images at
+8x8, 3 steps per epoch) saved to a file that a patched `load_dataset` reads, so that
+subprocesses start without scikit-learn.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnres.data
+from attnres.models import build_model
+from attnres.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    attention_parameter_names,
+    load_checkpoint,
+    load_model,
+    lr_factor,
+    param_groups,
+    train,
+    validate_config,
+)
+
+STEPS_PER_EPOCH = 3  # 96 training images, batch 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: bit-exact comparisons need the same thread count everywhere, and
+    on a busy 2-core machine a second spinning thread slows these runs down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_dataset(spec, **kwargs):
+    """Stand-in for `attnres.data.load_dataset`: the ImageData saved in the file `spec`."""
+    import torch
+
+    import attnres.data
+
+    saved = torch.load(spec, weights_only=True)
+    return attnres.data.ImageData(
+        train=attnres.data.ImageSet(saved["train_images"], saved["train_labels"]),
+        val=attnres.data.ImageSet(saved["val_images"], saved["val_labels"]),
+        classes=list(saved["classes"]), mean=tuple(saved["mean"]), std=tuple(saved["std"]),
+        image_size=8, kind="small", name="tiny-digits")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    data = attnres.data.load_dataset("digits", image_size=8)
+    path = tmp_path_factory.mktemp("data") / "tiny-digits.pt"
+    torch.save({"train_images": data.train.images[:96].clone(),
+                "train_labels": data.train.labels[:96].clone(),
+                "val_images": data.val.images[:64].clone(),
+                "val_labels": data.val.labels[:64].clone(),
+                "classes": list(data.classes), "mean": list(data.mean),
+                "std": list(data.std)}, path)
+    return path
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(arch="resnet20", attention="cbam", data=str(data), epochs=2, batch_size=32,
+                  lr=0.05, warmup_epochs=0.5, seed=0, out=str(out), quiet=True,
+                  tensorboard=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# The same run through the CLI, for subprocesses
+def tiny_cli_args(data: Path, out: Path) -> list[str]:
+    return ["train", "--arch", "resnet20", "--attention", "cbam", "--data", str(data),
+            "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--warmup-epochs", "0.5",
+            "--seed", "0", "--out", str(out), "--quiet", "--no-tensorboard"]
+
+
+def run_tiny(data: Path, out: Path, **overrides) -> dict:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attnres.data, "load_dataset", tiny_dataset)
+        return train(tiny_config(data, out, **overrides))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run, seed 0."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    run_tiny(tiny_data, out)
+    return out
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def assert_same_momentum(a: dict, b: dict) -> None:
+    assert a["state"].keys() == b["state"].keys()
+    for index in a["state"]:
+        assert torch.equal(a["state"][index]["momentum_buffer"],
+                           b["state"][index]["momentum_buffer"]), index
+
+
+# ------------------------------------------------------------------ recipe pieces
+
+def test_lr_factor_warmup_cosine_and_step():
+    common = dict(total_steps=100, warmup_steps=10, milestones=[0.5, 0.75], gamma=0.1)
+    cosine = [lr_factor(s, schedule="cosine", **common) for s in range(100)]
+    assert cosine[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    for s in (10, 37, 55, 99):  # half-cosine from 1 at the end of warm-up to 0 at step 100
+        assert cosine[s] == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 10) / 90)))
+    step = [lr_factor(s, schedule="step", **common) for s in range(100)]
+    assert step[10:50] == [1.0] * 40
+    assert step[50:75] == pytest.approx([0.1] * 25)
+    assert step[75:] == pytest.approx([0.01] * 25)
+
+
+def test_param_groups_decay_and_attention_lr():
+    model = build_model("resnet20", attention="cbam", num_classes=10)
+    groups = param_groups(model, lr=0.1, weight_decay=5e-4, attention_lr_mult=3.0)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(by_id) == len(named)  # every parameter in exactly one group
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    attention = attention_parameter_names(model)
+    assert attention and all(".attn." in name for name in attention)
+    norm_params = {f"{module_name}.{p}" for module_name, module in model.named_modules()
+                   if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                   for p, _ in module.named_parameters(recurse=False)}
+    assert "bn1.weight" in norm_params and "layer3.2.bn2.bias" in norm_params
+    for name, param in named.items():
+        group = by_id[id(param)]
+        is_norm_or_bias = name in norm_params or name.endswith(".bias")
+        assert group["weight_decay"] == (0.0 if is_norm_or_bias else 5e-4), name
+        assert group["lr"] == pytest.approx(0.3 if ".attn." in name else 0.1), name
+
+
+# ------------------------------------------------------------------ a real run, end to end
+
+def test_cli_run_on_digits_writes_run_folder(tmp_path, capsys):
+    from attnres.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--arch", "resnet20", "--attention", "se", "--data", "digits",
+               "--image-size", "8", "--val-split", "0.9", "--epochs", "1", "--batch-size",
+               "64", "--lr", "0.05", "--seed", "3", "--out", str(out), "--quiet"])
+    assert rc == 0
+    for name in ("config.json", "last.pt", "best.pt", "metrics.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert not list(out.glob(".*.tmp"))
+    config = TrainConfig(**json.loads((out / "config.json").read_text()))
+    assert (config.attention, config.seed, config.val_split) == ("se", 3, 0.9)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("best_val_top1", "best_val_top5", "last_val_top1", "last_val_top5", "params",
+                "train_time_s", "train_images_per_s", "peak_train_mem_mb", "epochs",
+                "finished", "config"):
+        assert key in summary, key
+    assert summary["finished"] is True and summary["epochs"] == 1
+    assert summary["config"] == json.loads((out / "config.json").read_text())
+
+    # the saved model, rebuilt from the checkpoint alone, scores what the run reported
+    model = load_model(out / "last.pt")
+    assert not model.training
+    assert summary["params"] == sum(p.numel() for p in model.parameters())
+    data = attnres.data.load_dataset("digits", val_split=0.9, seed=0, image_size=8)
+    pre = model.preprocessing
+    assert pre["classes"] == data.classes and pre["image_size"] == 8
+    mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((data.val.images.float() / 255 - mean) / std)
+    labels = data.val.labels
+    top1 = (logits.argmax(1) == labels).double().mean().item() * 100
+    top5 = (logits.topk(5, 1).indices == labels[:, None]).any(1).double().mean().item() * 100
+    loss = F.cross_entropy(logits, labels).item()
+    assert summary["last_val_top1"] == pytest.approx(top1, abs=1e-6)
+    assert summary["last_val_top5"] == pytest.approx(top5, abs=1e-6)
+    assert float(rows[0]["val_loss"]) == pytest.approx(loss, rel=1e-4)
+
+
+def test_checkpoint_holds_everything_for_resume(reference_run):
+    ckpt = load_checkpoint(reference_run / "last.pt")
+    for key in ("model", "build_args", "optimizer", "scheduler", "scaler", "epoch", "rng",
+                "config", "preprocessing", "metrics"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 2 and ckpt["batch"] == 0
+    assert ckpt["scheduler"]["last_epoch"] == 2 * STEPS_PER_EPOCH
+    assert ckpt["config"]["attention"] == "cbam" and len(ckpt["metrics"]) == 2
+    best = load_checkpoint(reference_run / "best.pt")
+    best_epoch = max(ckpt["metrics"], key=lambda r: r["val_top1"])["epoch"]
+    assert best["epoch"] == best_epoch
+
+
+# ------------------------------------------------------------------ determinism
+
+def test_same_seed_gives_bit_identical_weights(tiny_data, reference_run, tmp_path):
+    run_tiny(tiny_data, tmp_path / "again")
+    reference = load_checkpoint(reference_run / "last.pt")
+    again = load_checkpoint(tmp_path / "again" / "last.pt")
+    assert_same_state(reference["model"], again["model"])
+    assert_same_momentum(reference["optimizer"], again["optimizer"])
+
+    run_tiny(tiny_data, tmp_path / "other", seed=1)
+    other = load_checkpoint(tmp_path / "other" / "last.pt")["model"]
+    assert not torch.equal(other["conv1.weight"], reference["model"]["conv1.weight"])
+
+
+def test_loader_is_a_pure_function_of_seed_and_epoch(tiny_data):
+    from attnres.data import make_loaders
+
+    data = tiny_dataset(str(tiny_data))
+    loader, _ = make_loaders(data, 32, seed=5)
+
+    def epoch_batches(epoch):
+        loader.set_epoch(epoch)
+        return [x for x, _ in loader]
+
+    first = epoch_batches(1)
+    epoch_batches(0)
+    again = epoch_batches(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], epoch_batches(2)[0])
+
+
+# ------------------------------------------------------------------ interrupted runs
+
+def interrupted_run(data: Path, out: Path, signal_name: str, at_step: int) -> int:
+    """Run the tiny CLI training in a subprocess that signals itself after optimizer
+    step `at_step`; returns its exit status."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        torch.set_num_threads({torch.get_num_threads()})
+        import attnres.data
+        from attnres.cli import main
+    """) + inspect.getsource(tiny_dataset) + textwrap.dedent(f"""
+        attnres.data.load_dataset = tiny_dataset
+        steps = [0]
+        def after_step(optimizer, args, kwargs):
+            steps[0] += 1
+            if steps[0] == {at_step}:
+                os.kill(os.getpid(), signal.{signal_name})
+        register_optimizer_step_post_hook(after_step)
+        sys.exit(main({tiny_cli_args(data, out)!r}))
+    """)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_data, reference_run,
+                                                           tmp_path):
+    out = tmp_path / "killed"
+    rc = interrupted_run(tiny_data, out, "SIGKILL", at_step=STEPS_PER_EPOCH + 2)
+    assert rc == -9
+    saved = load_checkpoint(out / "last.pt")
+    assert (saved["epoch"], saved["batch"]) == (1, 0)  # lost only the epoch in progress
+
+    with pytest.MonkeyPatch.context() as mp:  # only --resume: the rest comes from the run
+        mp.setattr(attnres.data, "load_dataset", tiny_dataset)
+        train(TrainConfig(resume=str(out), quiet=True))
+    reference = load_checkpoint(reference_run / "last.pt")
+    resumed = load_checkpoint(out / "last.pt")
+    assert resumed["config"] == {**reference["config"], "out": str(out), "resume": str(out)}
+    assert_same_state(reference["model"], resumed["model"])
+    assert_same_momentum(reference["optimizer"], resumed["optimizer"])
+    assert [r["val_top1"] for r in resumed["metrics"]] == \
+        [r["val_top1"] for r in reference["metrics"]]
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 2
+    assert json.loads((out / "summary.json").read_text())["finished"] is True
+
+
+def test_sigint_saves_mid_epoch_and_resume_is_exact(tiny_data, reference_run, tmp_path):
+    out = tmp_path / "interrupted"
+    rc = interrupted_run(tiny_data, out, "SIGINT", at_step=STEPS_PER_EPOCH + 1)
+    assert rc == 130
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["epoch"] == 1 and 0 < saved["batch"] < STEPS_PER_EPOCH
+    assert json.loads((out / "summary.json").read_text())["finished"] is False
+
+    run_tiny(tiny_data, out, resume=str(out))
+    reference = load_checkpoint(reference_run / "last.pt")
+    resumed = load_checkpoint(out / "last.pt")
+    assert_same_state(reference["model"], resumed["model"])
+    assert_same_momentum(reference["optimizer"], resumed["optimizer"])
+    # the interrupted epoch's training sums were carried over, not restarted
+    for key in ("train_loss", "train_top1", "train_images", "val_loss", "val_top1"):
+        assert resumed["metrics"][1][key] == reference["metrics"][1][key], key
+
+
+def test_resume_refuses_a_changed_recipe(tiny_data, reference_run):
+    with pytest.raises(ValueError, match="cannot change lr"):
+        run_tiny(tiny_data, reference_run, lr=0.5, resume=str(reference_run))
+
+
+def test_new_run_refuses_to_overwrite(tiny_data, reference_run):
+    with pytest.raises(ValueError, match="already holds a run"):
+        run_tiny(tiny_data, reference_run)
+
+
+# ------------------------------------------------------------------ non-finite loss
+
+def poison_loss(monkeypatch, bad_calls: set[int]) -> None:
+    """Make the training loss NaN on the given (1-based) training steps."""
+    real = F.cross_entropy
+    calls = [0]
+
+    def cross_entropy(logits, target, *args, **kwargs):
+        loss = real(logits, target, *args, **kwargs)
+        if torch.is_grad_enabled():  # training, not validation
+            calls[0] += 1
+            if calls[0] in bad_calls:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(F, "cross_entropy", cross_entropy)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path,
+                                                             monkeypatch):
+    poison_loss(monkeypatch, {STEPS_PER_EPOCH + 2})
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 2") as info:
+        run_tiny(tiny_data, out)
+    assert str(out / "last.pt") in str(info.value)
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+
+def test_skip_nonfinite_tolerates_n_steps(tiny_data, tmp_path, monkeypatch):
+    poison_loss(monkeypatch, {STEPS_PER_EPOCH + 2})
+    summary = run_tiny(tiny_data, tmp_path / "skip", skip_nonfinite=1)
+    assert summary["finished"] is True
+    saved = load_checkpoint(tmp_path / "skip" / "last.pt")
+    assert saved["nonfinite_steps"] == 1
+    assert saved["metrics"][1]["train_images"] == 96 - 32  # the skipped batch is not counted
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+    poison_loss(monkeypatch, {1, 2})
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 2"):
+        run_tiny(tiny_data, tmp_path / "skip2", skip_nonfinite=1)
+
+
+# ------------------------------------------------------------------ monitor
+
+def test_monitor_logs_gate_statistics(tiny_data, tmp_path):
+    pytest.importorskip("attnres.analysis.monitor")
+    run_tiny(tiny_data, tmp_path / "mon", epochs=1, monitor=True)
+    rows = list(csv.DictReader((tmp_path / "mon" / "metrics.csv").open()))
+    value = float(rows[0]["layer1.0.attn/channel_mean"])
+    assert 0.0 <= value <= 1.0
+
+
+# ------------------------------------------------------------------ bad arguments
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"epochs": 0}, "epochs=0"),
+    ({"lr": -1.0}, "lr=-1.0"),
+    ({"val_split": 1.5}, "val_split=1.5"),
+    ({"schedule": "linear"}, "schedule='linear'"),
+    ({"arch": "resnet21"}, "did you mean"),
+    ({"attention": "cbma"}, "did you mean 'cbam'"),
+    ({"placement": "blok"}, "did you mean 'block'"),
+    ({"preset": "nope"}, "unknown preset 'nope'"),
+    ({"skip_nonfinite": -1}, "skip_nonfinite=-1"),
+    ({"device": "tpu"}, "device='tpu'"),
+])
+def test_bad_options_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        validate_config(TrainConfig(**overrides))
+
+
+def test_cli_bad_argument_is_one_line(capsys):
+    from attnres.cli import main
+
+    assert main(["train", "--batch-size", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "batch_size=0" in err and "Traceback" not in err
+    assert main(["train", "--attention-kwargs", "reduction", "--quiet"]) == 2
+    assert "name=value" in capsys.readouterr().err
