@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/attnres demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
