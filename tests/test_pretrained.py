@@ -88,6 +88,29 @@ def test_torchvision_weights_into_cbam_model_with_identity_attention(tmp_path,
     assert (outputs(other, x) - outputs(torchvision_resnet18, x)).abs().max() > 1e-3
 
 
+def test_build_model_with_pretrained_and_attention_keeps_function_and_rebuilds(
+        tmp_path, torchvision_resnet18):
+    """build_model(pretrained=, attention=): identity gates, a fresh head for other class
+    counts, and build_args that rebuild the wrapped model from a state dict alone."""
+    path = tmp_path / "tv.pth"
+    save_as(torchvision_resnet18.state_dict(), path, "raw .pth")
+    x = torch.randn(2, 3, 32, 32)
+    model = build_model("resnet18", attention="se", pretrained=str(path), num_classes=10)
+    torch.testing.assert_close(outputs(model, x), outputs(torchvision_resnet18, x),
+                               rtol=0, atol=1e-5)  # 10 classes here and in the source
+    assert model.load_report.identity_init == model.build_args["identity_init"]
+    rebuilt = build_model(**{**model.build_args, "pretrained": None})
+    rebuilt.load_state_dict(model.state_dict())  # strict: same keys, scales included
+    torch.testing.assert_close(outputs(rebuilt, x), outputs(model, x), rtol=0, atol=0)
+
+    # other class count: the backbone loads, the classifier stays fresh (not loaded)
+    five = build_model("resnet18", attention="se", pretrained=str(path), num_classes=5)
+    assert five.load_report.skipped == ["fc.weight", "fc.bias"]
+    features = {k: v for k, v in five.state_dict().items() if k.startswith("layer4.1.conv2")}
+    torch.testing.assert_close(features["layer4.1.conv2.weight"],
+                               torchvision_resnet18.layer4[1].conv2.weight)
+
+
 def test_any_module_with_inserted_attention_loads_its_backbone(torchvision_resnet18):
     model = insert_attention(torchvision.models.resnet18(num_classes=10), "se",
                              at=["layer2:after", "conv1:after"], init="default")

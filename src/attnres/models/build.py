@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..attention import attention_class, closest, list_attention
-from .insert import insert_attention
+from .insert import insert_attention, wrap_identity
 from .placement import apply_plan, list_placements, list_presets, resolve_plan
 from .resnet import ARCHS, resnet_from_spec
 
@@ -24,7 +24,7 @@ def build_model(arch: str, *, attention: str | None = None,
                 preset: str | None = None, num_classes: int | None = None,
                 pretrained: str | None = None, attention_kwargs: Mapping[str, Any] | None = None,
                 insertions: Sequence[Mapping[str, Any]] | None = None,
-                **kwargs: Any) -> nn.Module:
+                identity_init: Sequence[str] | None = None, **kwargs: Any) -> nn.Module:
     """A ResNet-family network mapping `(B, 3, H, W)` images to `(B, num_classes)` logits.
 
     arch: one of `list_models()`.
@@ -34,8 +34,13 @@ def build_model(arch: str, *, attention: str | None = None,
         checked, then unused when attention is None (so one grid can include the baseline).
     num_classes: head size; None means the architecture's own (1000 for the ImageNet nets,
         10 for the CIFAR nets resnet20..resnet110).
-    pretrained: weights loaded with `load_pretrained(model, pretrained)` (a torchvision
-        weights name such as "IMAGENET1K_V2", or a file).
+    pretrained: weights loaded with `load_pretrained` (a torchvision weights name such as
+        "IMAGENET1K_V2", or a file). With attention, the gates that get no weights from it
+        start as an exact identity (`identity_init_missing=True`), so the pretrained network's
+        function is kept; when the source's classifier has another number of classes, `fc`
+        is left freshly initialised. `model.load_report` says what was loaded.
+    identity_init: attention module names to wrap as identity at start (recorded in
+        `build_args["identity_init"]` by such a load, so that checkpoints rebuild).
     insertions: `insert_attention` calls to replay, as recorded in
         `build_args["insertions"]` ({"attention", "at", "init", "kwargs"} each).
     kwargs: go to the `ResNet` (e.g. `zero_init_residual=True`).
@@ -76,7 +81,10 @@ def build_model(arch: str, *, attention: str | None = None,
     if pretrained is not None:
         from .pretrained import load_pretrained  # imported when used
 
-        load_pretrained(model, pretrained)
+        model.load_report = load_pretrained(model, pretrained, head="fc",
+                                            identity_init_missing=attention is not None)
+    if identity_init:
+        wrap_identity(model, list(identity_init))
     for call in insertions or []:  # appends itself to build_args["insertions"] again
         insert_attention(model, call["attention"], call["at"], call.get("init", "identity"),
                          **dict(call.get("kwargs") or {}))

@@ -48,6 +48,27 @@ class IdentityInit(nn.Module):
         return x + self.scale * (self.attn(x) - x)
 
 
+def wrap_identity(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """Wrap each named attention module of `model` in `IdentityInit` in place, so that it
+    starts as an exact identity. Recorded in `model.build_args["identity_init"]` (the wrapper
+    adds `.attn.` to the module's keys and a `.scale` parameter, so a checkpoint's model must
+    be rebuilt with it). Names already wrapped are left alone; returns the names wrapped."""
+    wrapped = []
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, child, None)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"identity_init: {name!r} is not a module of the model")
+        if not isinstance(module, IdentityInit):
+            setattr(parent, child, IdentityInit(module))
+            wrapped.append(name)
+    build_args = getattr(model, "build_args", None)
+    if wrapped and isinstance(build_args, dict):
+        build_args.setdefault("identity_init", []).extend(wrapped)
+    return wrapped
+
+
 def _with_attention(cls: type[nn.Module]) -> type[nn.Module]:
     """The subclass of `cls` that applies `attn_before` / `attn_after` around its forward."""
     if getattr(cls, "_attnres_inserted", False):

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from ..attention import ATTENTION, closest
+from .insert import wrap_identity
 
 # Keys under which training scripts nest the model's state dict in a checkpoint.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net",
@@ -340,7 +341,7 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
 def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                     strict_attention: bool = False, identity_init_missing: bool = False,
                     map_location: Any = "cpu", skip: Sequence[str] = (),
-                    progress: bool = True) -> LoadReport:
+                    head: str | None = None, progress: bool = True) -> LoadReport:
     """Load pretrained weights into `model` in place and say what was loaded.
 
     Args:
@@ -355,6 +356,8 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, t
         map_location: passed to `torch.load`.
         skip: keys or key prefixes of the model to leave as initialised, e.g. `["fc"]` to
             fine-tune ImageNet weights on another number of classes.
+        head: the classifier's module name (e.g. "fc"), skipped only when the source's has
+            another shape (another number of classes), so that it trains afresh.
         progress: show torchvision's download progress bar.
 
     Raises:
@@ -371,6 +374,9 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, t
 
     target = model.state_dict()
     attn_modules = attention_module_names(model)
+    if head is not None and any(k in state and state[k].shape != v.shape
+                                for k, v in target.items() if _matches(k, [head])):
+        skip = [*skip, head]
     skipped = [k for k in target if _matches(k, skip)]
     problems: list[str] = []
 
@@ -420,7 +426,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, t
 
     identity: list[str] = []
     if identity_init_missing:
-        identity = _make_identity(model, [n for n in attn_modules if n in starved])
+        identity = wrap_identity(model, [n for n in attn_modules if n in starved])
     return LoadReport(source=description, format=fmt, loaded=len(to_load),
                       missing_attention=missing_attention, unexpected=unexpected,
                       skipped=skipped, identity_init=identity)
@@ -445,19 +451,3 @@ def _resolve_source(model: nn.Module, source: Any, map_location: Any,
     weights = torchvision_weights(arch, text)
     state = torchvision_state_dict(weights, map_location, progress)
     return strip_wrapper_prefixes(state), f"torchvision {weights}", "torchvision"
-
-
-def _make_identity(model: nn.Module, names: Sequence[str]) -> list[str]:
-    """Wrap each named attention module in `IdentityInit` (y = x + s * (attn(x) - x), s = 0),
-    so that it starts as an exact identity; recorded in `model.build_args["identity_init"]`
-    because the wrapper adds `.attn.` to the module's keys and a `.scale` parameter."""
-    from .insert import IdentityInit
-
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, IdentityInit(getattr(parent, child)))
-    build_args = getattr(model, "build_args", None)
-    if names and isinstance(build_args, dict):
-        build_args.setdefault("identity_init", []).extend(names)
-    return list(names)
