@@ -246,3 +246,51 @@ def test_safe_batchnorm_keeps_running_stats_on_single_values() -> None:
     m(torch.randn(2, 8, 3, 3))
     assert not torch.equal(bn.running_mean, before)
     assert math.isclose(bn.momentum, 0.01)
+
+
+# --------------------------------------------------------------------------- shape errors
+
+WRONG_INPUTS = {"wrong channels": (2, 24, 8, 8), "3-D": (16, 8, 8), "5-D": (2, 16, 8, 8, 1)}
+MODULES = {
+    **{name: (lambda name=name: create_attention(name, 16)) for name in list_attention()},
+    "cbam spatial-only": lambda: create_attention("cbam", 16, channel=False),
+    "SKConv": lambda: SKConv(16, 16, groups=4),
+    "SplitAttnConv2d": lambda: SplitAttnConv2d(16, 16),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG_INPUTS)
+@pytest.mark.parametrize("name", MODULES)
+def test_wrong_input_names_module_and_both_shapes(name: str, wrong: str) -> None:
+    module = MODULES[name]()
+    shape = WRONG_INPUTS[wrong]
+    with pytest.raises(ValueError) as info:
+        module(torch.randn(shape))
+    message = str(info.value)
+    assert f"(B, 16, H, W)" in message and str(tuple(shape)) in message
+    assert type(module).__name__ in message
+
+
+def test_shape_error_names_the_path_in_the_model() -> None:
+    from attnres.models import build_model, insert_attention
+
+    model = build_model("resnet20", attention="cbam")
+    with pytest.raises(ValueError, match=r"layer3\.2\.attn \(CBAM\) was built for "
+                                         r"\(B, 64, H, W\) but got .*\(1, 32, 8, 8\)"):
+        model.layer3[2].attn(torch.randn(1, 32, 8, 8))
+    # inserted modules, also under identity init (the gate sits one level deeper)
+    inserted = insert_attention(build_model("resnet20"), "se", at="layer2:after")
+    with pytest.raises(ValueError, match=r"layer2\.2\.attn_after\.attn \(SqueezeExcite\)"):
+        inserted.layer2[2].attn_after(torch.randn(1, 16, 8, 8))
+    # and the model itself still runs: the checks pass on the shapes it produces
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_fast_modules_trace_with_torch_fx() -> None:
+    """The checks and the fast paths step aside under symbolic tracing (FX quantization)."""
+    for name in list_attention():
+        module = create_attention(name, 16).eval()
+        folds = getattr(module, "folds_residual", False)  # optional `identity` argument
+        graph = torch.fx.symbolic_trace(module, concrete_args={"identity": None} if folds else None)
+        x = torch.randn(2, 16, 8, 8)
+        torch.testing.assert_close(graph(x), module(x))

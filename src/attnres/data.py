@@ -45,6 +45,7 @@ DIGITS_VAL_SPLIT = 0.2
 TRAIN_DIR_NAMES = ("train", "training")
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")
 _CACHE_VERSION = 1  # bump when the decoded layout changes, so stale caches are ignored
+_CACHE_FIELDS = ("images", "labels", "is_val", "classes", "image_size", "train_hist", "files")
 
 
 @dataclass
@@ -509,6 +510,9 @@ def _load_cache(stem: Path) -> dict[str, np.ndarray] | None:
         out["images"] = np.load(images_path, allow_pickle=False)
         if out["images"].shape[0] != out["labels"].shape[0]:
             raise ValueError("images and labels disagree")
+        missing = set(_CACHE_FIELDS) - set(out)
+        if missing:
+            raise ValueError(f"fields {sorted(missing)} missing")
         return out
     except Exception:  # a damaged cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable cache {images_path}", stacklevel=3)

@@ -16,6 +16,7 @@ from .bam import BAM, BamGate
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .eca import EcaGate, EfficientChannelAttention
 from .norm import SafeBatchNorm2d
+from .shapes import check_feature_map, name_attention_modules
 from .selective_kernel import SKConv
 from .split_attn import SplitAttnConv2d
 from .squeeze_excite import SqueezeExcite
@@ -64,5 +65,6 @@ def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) 
 __all__ = [
     "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "EcaGate", "EfficientChannelAttention",
     "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d", "SqueezeExcite",
-    "attention_class", "create_attention", "list_attention",
+    "attention_class", "check_feature_map", "create_attention", "list_attention",
+    "name_attention_modules",
 ]

@@ -15,6 +15,7 @@ from torch import nn
 
 from .cbam import hidden_width
 from .norm import SafeBatchNorm2d
+from .shapes import check_feature_map
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
@@ -59,7 +60,11 @@ class BAM(nn.Module):
     def __init__(self, channels: int, reduction: float = 16, dilation: int = 4,
                  num_dilated: int = 2) -> None:
         super().__init__()
+        self.channels = channels
         self.gate = BamGate(channels, reduction, dilation, num_dilated)
 
+    module_path: str | None = None  # set by name_attention_modules
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(self, x, self.channels)
         return x * (1 + self.gate(x))

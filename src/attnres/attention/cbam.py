@@ -15,6 +15,7 @@ from torch import nn
 
 from .fused import avg_max_pool, gate_product, gated_channel_pool, spatial_conv, use_fast_path
 from .norm import SafeBatchNorm2d
+from .shapes import check_feature_map
 
 POOL_TYPES = ("avg", "max", "lp", "lse")
 ORDERS = ("channel-first", "spatial-first", "parallel")
@@ -150,18 +151,20 @@ class CBAM(nn.Module):
             raise ValueError(f"order={order!r}: allowed {', '.join(ORDERS)}")
         if not (channel or spatial):
             raise ValueError("channel=False and spatial=False leaves CBAM with no gate")
-        self.order = order
+        self.order, self.channels = order, channels
         self.channel_gate = (ChannelGate(channels, reduction, pool_types, mlp_bias, impl)
                              if channel else None)
         self.spatial_gate = SpatialGate(kernel_size, spatial_norm, impl) if spatial else None
 
     # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
     folds_residual = True
+    module_path: str | None = None  # set by name_attention_modules
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`, the attention
         folded into a residual block's add and ReLU: `relu(cbam(x) + identity)`, which saves
         a pass over the map."""
+        check_feature_map(self, x, self.channels)
         if self.impl == "fast" and use_fast_path():
             return self._forward_fast(x, identity)
         out = self._forward_reference(x)

@@ -13,6 +13,7 @@ from torch import nn
 
 from .cbam import check_impl
 from .fused import gate_product, use_fast_path
+from .shapes import check_feature_map
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -43,14 +44,17 @@ class EfficientChannelAttention(nn.Module):
                  kernel_size: int | None = None, impl: str = "fast") -> None:
         super().__init__()
         self.impl = check_impl(impl)
+        self.channels = channels
         self.gate = EcaGate(channels, gamma, b, kernel_size)
 
     # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
     folds_residual = True
+    module_path: str | None = None  # set by name_attention_modules
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`:
         `relu(x * gate + identity)`, the gate folded into a residual block's add and ReLU."""
+        check_feature_map(self, x, self.channels)
         if self.impl == "fast" and use_fast_path():
             return gate_product(x, self.gate(x), None, identity)
         out = x * self.gate(x)

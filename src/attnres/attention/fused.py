@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
 def use_fast_path() -> bool:
     """False while tracing, scripting, compiling or exporting: those get the plain ops."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or is_fx_symbolic_tracing():
         return False
     compiler = getattr(torch, "compiler", None)
     if compiler is None:

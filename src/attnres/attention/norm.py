@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
 class SafeBatchNorm2d(nn.BatchNorm2d):
@@ -14,6 +15,9 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
     Input and output `(B, C, H, W)`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_fx_symbolic_tracing():  # nn.BatchNorm2d's input checks would branch on a proxy
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum or 0.0, self.eps)
         if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                 self.bias, False, 0.0, self.eps)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .norm import SafeBatchNorm2d
+from .shapes import check_feature_map
 
 
 class SKConv(nn.Module):
@@ -25,6 +26,7 @@ class SKConv(nn.Module):
         super().__init__()
         if branches < 1:
             raise ValueError(f"branches={branches!r}: must be >= 1")
+        self.in_channels = in_channels
         self.branches = nn.ModuleList(
             nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, padding=m + 1,
                                     dilation=m + 1, groups=groups, bias=False),
@@ -42,6 +44,9 @@ class SKConv(nn.Module):
         logits = self.select(z).view(feats.shape[0], feats.shape[1], feats.shape[2], 1, 1)
         return logits.softmax(dim=1)
 
+    module_path: str | None = None  # set by name_attention_modules
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(self, x, self.in_channels)
         feats = torch.stack([branch(x) for branch in self.branches], dim=1)
         return (feats * self.branch_weights(feats)).sum(dim=1)

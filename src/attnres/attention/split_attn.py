@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .norm import SafeBatchNorm2d
+from .shapes import check_feature_map
 
 
 class SplitAttnConv2d(nn.Module):
@@ -29,6 +30,7 @@ class SplitAttnConv2d(nn.Module):
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2
         self.radix, self.groups, self.out_channels = radix, groups, out_channels
+        self.in_channels = in_channels
         self.conv = nn.Conv2d(in_channels, out_channels * radix, kernel_size, stride, padding,
                               dilation, groups=groups * radix, bias=False)
         self.bn0 = SafeBatchNorm2d(out_channels * radix)
@@ -49,7 +51,10 @@ class SplitAttnConv2d(nn.Module):
         logits = logits.view(b, self.groups, self.radix, -1).transpose(1, 2)
         return logits.softmax(dim=1).reshape(b, self.radix, self.out_channels, 1, 1)
 
+    module_path: str | None = None  # set by name_attention_modules
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(self, x, self.in_channels)
         y = self.act0(self.bn0(self.conv(x)))
-        splits = y.view(y.shape[0], self.radix, self.out_channels, *y.shape[2:])
+        splits = y.view(y.shape[0], self.radix, self.out_channels, y.shape[2], y.shape[3])
         return (splits * self.split_weights(splits)).sum(dim=1)

@@ -10,6 +10,7 @@ from torch import nn
 
 from .cbam import ChannelGate, check_impl
 from .fused import gate_product, use_fast_path
+from .shapes import check_feature_map
 
 
 class SqueezeExcite(nn.Module):
@@ -21,15 +22,18 @@ class SqueezeExcite(nn.Module):
                  impl: str = "fast") -> None:
         super().__init__()
         self.impl = check_impl(impl)
+        self.channels = channels
         self.gate = ChannelGate(channels, reduction, pool_types=("avg",), mlp_bias=bias,
                                 impl=impl)
 
     # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
     folds_residual = True
+    module_path: str | None = None  # set by name_attention_modules
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`:
         `relu(x * gate + identity)`, the gate folded into a residual block's add and ReLU."""
+        check_feature_map(self, x, self.channels)
         if self.impl == "fast" and use_fast_path():
             return gate_product(x, self.gate(x), None, identity)
         out = x * self.gate(x)

@@ -27,6 +27,35 @@ def parse_kwargs(text: str) -> dict[str, Any]:
     return result
 
 
+def parse_blocks(items: list[str], arch: str) -> dict[str, list[bool]]:
+    """['3:1,2'] -> {'3': [False, True, True]} for a stage of three blocks in `arch`."""
+    from attnres.models import ARCHS, list_models
+    from attnres.attention import closest
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}{closest(arch, list_models())}; "
+                         f"allowed: {', '.join(list_models())}")
+    depths = ARCHS[arch].layers
+    masks: dict[str, list[bool]] = {}
+    for item in items:
+        stage, sep, indices = item.partition(":")
+        try:
+            s, chosen = int(stage), [int(i) for i in indices.split(",") if i.strip()]
+        except ValueError:
+            raise ValueError(f"--blocks {item!r}: expected STAGE:I,J,... e.g. 3:1,2") from None
+        if not sep or not chosen:
+            raise ValueError(f"--blocks {item!r}: expected STAGE:I,J,... e.g. 3:1,2")
+        if not 1 <= s <= len(depths):
+            raise ValueError(f"--blocks {item!r}: stage {s} out of range; {arch} has stages "
+                             f"1..{len(depths)}")
+        for i in chosen:
+            if not 0 <= i < depths[s - 1]:
+                raise ValueError(f"--blocks {item!r}: block {i} out of range; stage {s} of "
+                                 f"{arch} has blocks 0..{depths[s - 1] - 1}")
+        masks[str(s)] = [i in chosen for i in range(depths[s - 1])]
+    return masks
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     description = (f"{HELP[0].upper()}{HELP[1:]}. Options left out take the recipe's "
                    f"defaults (see attnres.TrainConfig).")
@@ -38,6 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="where attention goes: block, block-post, stage, stem, head ...")
     model.add_argument("--stages", nargs="+", type=int, metavar="S",
                        help="stages (1-based) that get attention")
+    model.add_argument("--blocks", nargs="+", metavar="S:I,J",
+                       help="only blocks I, J (0-based) of stage S get attention, e.g. 3:1,2")
     model.add_argument("--preset", help="named placement preset")
     model.add_argument("--attention-kwargs", metavar="K=V,...",
                        help="options of the attention module, e.g. reduction=8,kernel_size=3")
@@ -98,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if "placement" in values:
         placements = values["placement"]
         values["placement"] = placements[0] if len(placements) == 1 else placements
+    if "blocks" in values:
+        values["blocks"] = parse_blocks(values["blocks"],
+                                        values.get("arch", TrainConfig.arch))
     if "attention_kwargs" in values:
         values["attention_kwargs"] = parse_kwargs(values["attention_kwargs"])
     if "val_split" in values and float(values["val_split"]).is_integer() \

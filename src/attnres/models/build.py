@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..attention import attention_class, closest, list_attention
+from ..attention import attention_class, closest, list_attention, name_attention_modules
 from .insert import insert_attention, wrap_identity
 from .placement import apply_plan, list_placements, list_presets, resolve_plan
 from .resnet import ARCHS, resnet_from_spec
@@ -88,7 +88,7 @@ def build_model(arch: str, *, attention: str | None = None,
     for call in insertions or []:  # appends itself to build_args["insertions"] again
         insert_attention(model, call["attention"], call["at"], call.get("init", "identity"),
                          **dict(call.get("kwargs") or {}))
-    return model
+    return name_attention_modules(model)
 
 
 def model_table(attentions: Sequence[str] = ("se", "eca", "cbam", "bam")) -> str:

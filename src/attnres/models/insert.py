@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import attention_class, create_attention
+from ..attention import attention_class, create_attention, name_attention_modules
 
 INITS = ("identity", "default")
 SIDES = ("before", "after")
@@ -66,6 +66,7 @@ def wrap_identity(model: nn.Module, names: Sequence[str]) -> list[str]:
     build_args = getattr(model, "build_args", None)
     if wrapped and isinstance(build_args, dict):
         build_args.setdefault("identity_init", []).extend(wrapped)
+    name_attention_modules(model)
     return wrapped
 
 
@@ -211,4 +212,4 @@ def insert_attention(model: nn.Module, attention: str,
     if isinstance(build_args, dict):
         build_args.setdefault("insertions", []).append(
             {"attention": attention, "at": specs, "init": init, "kwargs": kwargs})
-    return model
+    return name_attention_modules(model)
