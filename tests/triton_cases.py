@@ -100,3 +100,22 @@ def test_half_precision_on_cuda(dtype) -> None:
 def test_unsupported_options_are_refused() -> None:
     with pytest.raises(ValueError, match="channel-first"):
         triton_cbam.fused_cbam(CBAM(8, order="parallel"), torch.randn(1, 8, 2, 2))
+
+
+@pytest.mark.parametrize("mode", [MODE])
+def test_cbam_impl_triton_dispatches_to_the_kernels(mode, monkeypatch) -> None:
+    torch.manual_seed(3)
+    ref = CBAM(24, impl="reference").to(DEVICE)
+    fused = CBAM(24, impl="triton").to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    calls = []
+    real = triton_cbam.fused_cbam
+    monkeypatch.setattr(triton_cbam, "fused_cbam",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 24, 5, 6, device=DEVICE)
+    r = torch.randn(2, 24, 5, 6, device=DEVICE)
+    torch.testing.assert_close(fused(x), ref(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused(x, identity=r), ref(x, identity=r), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="channel-first"):
+        CBAM(8, order="parallel", impl="triton")

@@ -55,7 +55,8 @@ class GlobalAvgPool(nn.Module):
 def reference_attention(model: nn.Module) -> Iterator[nn.Module]:
     """Switch attention modules with an `impl` option to the plain eager ops (traceable by
     torch.fx) inside the block, and back afterwards."""
-    saved = [(m, m.impl) for m in model.modules() if getattr(m, "impl", None) == "fast"]
+    saved = [(m, m.impl) for m in model.modules()
+             if getattr(m, "impl", None) in ("fast", "triton")]
     for m, _ in saved:
         m.impl = "reference"
     try:

@@ -22,10 +22,10 @@ ORDERS = ("channel-first", "spatial-first", "parallel")
 IMPLS = ("fast", "reference")
 
 
-def check_impl(impl: str) -> str:
-    """`impl` if it is one of IMPLS, else a ValueError."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r}: allowed {', '.join(IMPLS)}")
+def check_impl(impl: str, allowed: Sequence[str] = IMPLS) -> str:
+    """`impl` if it is one of `allowed`, else a ValueError."""
+    if impl not in allowed:
+        raise ValueError(f"impl={impl!r}: allowed {', '.join(allowed)}")
     return impl
 
 
@@ -137,7 +137,9 @@ class CBAM(nn.Module):
         spatial_norm: None or "batch" (the authors' code puts BN after the spatial conv).
         impl: "fast" (default; see `attention/fused.py`) or "reference" (the formulas as
             eager PyTorch ops); both give the same outputs and gradients and have the same
-            parameters.
+            parameters. "triton" (opt-in, channel-first with avg + max pooling) runs the
+            fused kernels of `attnres.kernels.triton_cbam` on CUDA tensors and "fast"
+            elsewhere.
     """
 
     def __init__(self, channels: int, reduction: float = 16,
@@ -146,15 +148,26 @@ class CBAM(nn.Module):
                  mlp_bias: bool = False, spatial_norm: str | None = None,
                  impl: str = "fast") -> None:
         super().__init__()
-        self.impl = check_impl(impl)
+        self.impl = check_impl(impl, (*IMPLS, "triton"))
         if order not in ORDERS:
             raise ValueError(f"order={order!r}: allowed {', '.join(ORDERS)}")
         if not (channel or spatial):
             raise ValueError("channel=False and spatial=False leaves CBAM with no gate")
         self.order, self.channels = order, channels
-        self.channel_gate = (ChannelGate(channels, reduction, pool_types, mlp_bias, impl)
+        gate_impl = "fast" if impl == "triton" else impl
+        self.channel_gate = (ChannelGate(channels, reduction, pool_types, mlp_bias, gate_impl)
                              if channel else None)
-        self.spatial_gate = SpatialGate(kernel_size, spatial_norm, impl) if spatial else None
+        self.spatial_gate = SpatialGate(kernel_size, spatial_norm, gate_impl) if spatial else None
+        if impl == "triton":
+            from ..kernels import triton_cbam
+
+            if not triton_cbam.available():
+                raise ValueError("impl='triton' needs Triton (pip install triton); "
+                                 "allowed without it: fast, reference")
+            if not (channel and spatial and order == "channel-first"
+                    and tuple(pool_types) == ("avg", "max")):
+                raise ValueError("impl='triton' supports channel-first CBAM with both gates "
+                                 "and pool_types=('avg', 'max'); use impl='fast'")
 
     # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
     folds_residual = True
@@ -165,7 +178,12 @@ class CBAM(nn.Module):
         folded into a residual block's add and ReLU: `relu(cbam(x) + identity)`, which saves
         a pass over the map."""
         check_feature_map(self, x, self.channels)
-        if self.impl == "fast" and use_fast_path():
+        if self.impl == "triton" and use_fast_path():
+            from ..kernels import triton_cbam
+
+            if triton_cbam.can_run(x):
+                return triton_cbam.fused_cbam(self, x, identity)
+        if self.impl != "reference" and use_fast_path():
             return self._forward_fast(x, identity)
         out = self._forward_reference(x)
         return out if identity is None else torch.relu(out + identity)

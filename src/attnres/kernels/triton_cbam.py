@@ -20,6 +20,8 @@ which the tests use where there is no GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,12 @@ def available() -> bool:
     """True when Triton is importable (kernels then run on CUDA tensors, or anywhere under
     TRITON_INTERPRET=1)."""
     return triton is not None
+
+
+def can_run(x: torch.Tensor) -> bool:
+    """True when the kernels can take `x`: Triton is installed and `x` is on CUDA (or the
+    interpreter is on, TRITON_INTERPRET=1)."""
+    return available() and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:
