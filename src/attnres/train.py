@@ -583,6 +583,14 @@ def _all_reduce(values: list[float], ddp: _Dist, device: torch.device) -> list[f
 # Validation
 # ---------------------------------------------------------------------------------------
 
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def _validate(model: nn.Module, loader: Any, device: torch.device, ddp: _Dist,
               autocast: Any, channels_last: bool) -> dict[str, float]:
@@ -590,10 +598,7 @@ def _validate(model: nn.Module, loader: Any, device: torch.device, ddp: _Dist,
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
+        images, labels = _to_device(images, labels, device, channels_last)
         with autocast():
             logits = model(images)
         logits = logits.float()
@@ -806,10 +811,7 @@ def _train(config: TrainConfig, ckpt: dict | None, ddp: _Dist, out: Path) -> dic
                     if step >= steps_per_epoch:
                         break
                     t0 = time.perf_counter()
-                    images = images.to(device, non_blocking=True)
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    labels = labels.to(device, non_blocking=True)
+                    images, labels = _to_device(images, labels, device, channels_last)
                     with autocast():
                         logits = model(images)
                     loss = F.cross_entropy(logits.float(), labels,

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from .cbam import check_impl
-from .fused import gate_product, use_fast_path
-from .shapes import check_feature_map
+from .squeeze_excite import ChannelGated
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -36,7 +35,7 @@ class EcaGate(nn.Module):
         return torch.sigmoid(y)[:, 0, :, None, None]
 
 
-class EfficientChannelAttention(nn.Module):
+class EfficientChannelAttention(ChannelGated):
     """ECA block, `(B, C, H, W) -> (B, C, H, W)`, gamma = 2, b = 1 as in the paper.
     `impl`: "fast" or "reference", as for CBAM (same outputs, gradients and parameters)."""
 
@@ -46,20 +45,3 @@ class EfficientChannelAttention(nn.Module):
         self.impl = check_impl(impl)
         self.channels = channels
         self.gate = EcaGate(channels, gamma, b, kernel_size)
-
-    # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
-    folds_residual = True
-    module_path: str | None = None  # set by name_attention_modules
-
-    def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B, C, H, W) -> (B, C, H, W)`; with `identity` `(B, C, H, W)`:
-        `relu(x * gate + identity)`, the gate folded into a residual block's add and ReLU."""
-        check_feature_map(self, x, self.channels)
-        if self.impl == "fast" and use_fast_path():
-            return gate_product(x, self.gate(x), None, identity)
-        out = x * self.gate(x)
-        return out if identity is None else torch.relu(out + identity)
-
-    def forward_add(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        """`relu(self(x) + identity)`, through `__call__` so that hooks still run."""
-        return self(x, identity=identity)

@@ -13,19 +13,13 @@ from .fused import gate_product, use_fast_path
 from .shapes import check_feature_map
 
 
-class SqueezeExcite(nn.Module):
-    """SE block, `(B, C, H, W) -> (B, C, H, W)`; reduction r = 16 and biased FC layers as in
-    the paper (SE-ResNet-50: 28.09 M parameters). `impl`: "fast" or "reference", as for
-    CBAM (same outputs, gradients and parameters)."""
+class ChannelGated(nn.Module):
+    """`x * self.gate(x)` with `gate: (B, C, H, W) -> (B, C, 1, 1)`; the forward shared by SE
+    and ECA, which differ only in their gate."""
 
-    def __init__(self, channels: int, reduction: float = 16, bias: bool = True,
-                 impl: str = "fast") -> None:
-        super().__init__()
-        self.impl = check_impl(impl)
-        self.channels = channels
-        self.gate = ChannelGate(channels, reduction, pool_types=("avg",), mlp_bias=bias,
-                                impl=impl)
-
+    channels: int
+    impl: str
+    gate: nn.Module
     # Residual blocks may call `attn(out, identity=identity)` to get relu(attn(out) + identity).
     folds_residual = True
     module_path: str | None = None  # set by name_attention_modules
@@ -42,3 +36,17 @@ class SqueezeExcite(nn.Module):
     def forward_add(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         """`relu(self(x) + identity)`, through `__call__` so that hooks still run."""
         return self(x, identity=identity)
+
+
+class SqueezeExcite(ChannelGated):
+    """SE block, `(B, C, H, W) -> (B, C, H, W)`; reduction r = 16 and biased FC layers as in
+    the paper (SE-ResNet-50: 28.09 M parameters). `impl`: "fast" or "reference", as for
+    CBAM (same outputs, gradients and parameters)."""
+
+    def __init__(self, channels: int, reduction: float = 16, bias: bool = True,
+                 impl: str = "fast") -> None:
+        super().__init__()
+        self.impl = check_impl(impl)
+        self.channels = channels
+        self.gate = ChannelGate(channels, reduction, pool_types=("avg",), mlp_bias=bias,
+                                impl=impl)
