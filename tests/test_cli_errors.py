@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnres.cli import main
 
@@ -66,3 +67,18 @@ def test_python_api_raises_value_error_with_the_same_facts() -> None:
         build_model("resnet18", attention="se", blocks={2: [True, False, True]})
     with pytest.raises(ValueError, match=r"val_split 1\.5 is outside \(0, 1\)"):
         load_dataset("digits", val_split=1.5)
+
+
+def test_blocks_option_puts_attention_in_the_named_blocks_only() -> None:
+    from attnres.cli import build_parser
+    from attnres.cli.train import config_from_args
+    from attnres.models import build_model
+
+    args = build_parser().parse_args(["train", "--attention", "se", "--blocks", "3:1,2"])
+    config = config_from_args(args)
+    assert config.blocks == {"3": [False, True, True]}
+    model = build_model(config.arch, attention=config.attention, blocks=config.blocks)
+    with_attention = sorted(name.rsplit(".", 1)[0] for name, m in model.named_modules()
+                            if name.endswith(".attn") and not isinstance(m, torch.nn.Identity))
+    assert with_attention == ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1",
+                              "layer2.2", "layer3.1", "layer3.2"]
