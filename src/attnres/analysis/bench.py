@@ -10,12 +10,14 @@ free during one step, after warm-up, and its maximum. Both count tensor memory o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,21 @@ def timm_model(arch: str, attention: str | None, num_classes: int) -> nn.Module:
     return timm.create_model(TIMM_ARCHS[arch], pretrained=False, **kwargs)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side prints start/stop and
+    device-probe lines there that Python cannot filter. Python exceptions are unaffected."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_step_memory(step: Callable[[], Any], device: torch.device) -> int | None:
     """Peak tensor bytes allocated during one call of `step` above what was allocated before
     it (see the module docstring for the method); None if it cannot be measured."""
@@ -102,7 +119,8 @@ def peak_step_memory(step: Callable[[], Any], device: torch.device) -> int | Non
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
     activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+    with _native_stderr_silenced(), \
+            torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         step()
     try:
         events = prof.profiler.kineto_results.events()
