@@ -29,13 +29,9 @@ def parse_kwargs(text: str) -> dict[str, Any]:
 
 def parse_blocks(items: list[str], arch: str) -> dict[str, list[bool]]:
     """['3:1,2'] -> {'3': [False, True, True]} for a stage of three blocks in `arch`."""
-    from attnres.models import ARCHS, list_models
-    from attnres.attention import closest
+    from attnres.models.build import arch_spec
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}{closest(arch, list_models())}; "
-                         f"allowed: {', '.join(list_models())}")
-    depths = ARCHS[arch].layers
+    depths = arch_spec(arch).layers
     masks: dict[str, list[bool]] = {}
     for item in items:
         stage, sep, indices = item.partition(":")

@@ -10,12 +10,20 @@ from torch import nn
 from ..attention import attention_class, closest, list_attention, name_attention_modules
 from .insert import insert_attention, wrap_identity
 from .placement import apply_plan, list_placements, list_presets, resolve_plan
-from .resnet import ARCHS, resnet_from_spec
+from .resnet import ARCHS, ArchSpec, resnet_from_spec
 
 
 def list_models() -> list[str]:
     """Architecture names accepted by `build_model`."""
     return list(ARCHS)
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The architecture table's row for `arch`; ValueError naming the closest valid name."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}{closest(str(arch), list_models())}; "
+                         f"allowed: {', '.join(list_models())}")
+    return ARCHS[arch]
 
 
 def build_model(arch: str, *, attention: str | None = None,
@@ -48,12 +56,9 @@ def build_model(arch: str, *, attention: str | None = None,
     The arguments are kept on the model as `model.build_args` (a JSON-able dict without
     `pretrained`), so `build_model(**model.build_args)` rebuilds the same network.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}{closest(str(arch), list_models())}; "
-                         f"allowed: {', '.join(list_models())}")
+    spec = arch_spec(arch)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes={num_classes!r}: must be a positive integer")
-    spec = ARCHS[arch]
     plan = resolve_plan(spec.layers, placement, stages, blocks, preset)
     if attention is not None:
         attention_class(attention)  # unknown names fail before the network is built
