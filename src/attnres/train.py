@@ -89,7 +89,7 @@ class TrainConfig:
     device: str = "auto"                     # "auto", "cpu", "cuda" or "cuda:N"
     amp: bool = False                        # autocast (CUDA: bf16 or fp16 + GradScaler)
     amp_dtype: str = "bfloat16"              # "bfloat16" or "float16"
-    channels_last: bool = True               # CUDA only
+    channels_last: bool = True               # CUDA, and CPU under --amp
     compile: bool = False                    # torch.compile the model
     deterministic: bool = False              # CUDA: deterministic kernels (slower)
     out: str | None = None                   # None: runs/<arch>-<attention>-s<seed>
@@ -699,7 +699,8 @@ def _train(config: TrainConfig, ckpt: dict | None, ddp: _Dist, out: Path) -> dic
                             blocks=config.blocks, preset=config.preset,
                             num_classes=data.num_classes, pretrained=config.pretrained,
                             attention_kwargs=dict(config.attention_kwargs) or None)
-    channels_last = use_cuda and config.channels_last
+    # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
+    channels_last = config.channels_last and (use_cuda or config.amp)
     raw_model.to(device, memory_format=torch.channels_last if channels_last
                  else torch.preserve_format)
     preprocessing = {"mean": list(data.mean), "std": list(data.std),
