@@ -7,7 +7,6 @@ convolution instead, and are used by the `skresnet50` and `resnest50` architectu
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from torch import nn
@@ -19,36 +18,36 @@ from .norm import SafeBatchNorm2d
 from .shapes import check_feature_map, name_attention_modules
 from .selective_kernel import SKConv
 from .split_attn import SplitAttnConv2d
+from ..utils import closest
 from .squeeze_excite import SqueezeExcite
+from .registry import (AttentionSpec, attention_spec, find_attention_spec, iter_attention,
+                       iter_gates, list_attention, register_attention)
 
-ATTENTION: dict[str, type[nn.Module]] = {
-    "se": SqueezeExcite,
-    "eca": EfficientChannelAttention,
-    "cbam": CBAM,
-    "bam": BAM,
-}
+register_attention(AttentionSpec(
+    "se", SqueezeExcite, gates={"gate": "channel"}, impls=("fast", "reference"),
+    timm_name="se", paper="Hu et al., CVPR 2018"))
+register_attention(AttentionSpec(
+    "eca", EfficientChannelAttention, gates={"gate": "channel"}, impls=("fast", "reference"),
+    timm_name="eca", paper="Wang et al., CVPR 2020"))
+register_attention(AttentionSpec(
+    "cbam", CBAM, gates={"channel_gate": "channel", "spatial_gate": "spatial"},
+    impls=("fast", "reference", "triton"), timm_name="cbam", paper="Woo et al., ECCV 2018"))
+register_attention(AttentionSpec(
+    "bam", BAM, gates={"gate": "channel+spatial"}, paper="Park et al., BMVC 2018"))
+register_attention(AttentionSpec(
+    "sk", SKConv, kind="conv", timm_name=None, paper="Li et al., CVPR 2019"))
+register_attention(AttentionSpec(
+    "splat", SplitAttnConv2d, kind="conv", paper="Zhang et al., CVPRW 2022 (ResNeSt)"))
 
-
-def list_attention() -> list[str]:
-    """Names accepted by `create_attention`."""
-    return sorted(ATTENTION)
-
-
-def closest(name: str, choices: list[str]) -> str:
-    """' (did you mean X?)' for the closest valid name, or ''."""
-    match = difflib.get_close_matches(str(name), choices, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+# name -> class of every gate module (kept for callers of attnres <= 0.1)
+ATTENTION: dict[str, type[nn.Module]] = {n: attention_spec(n).cls for n in list_attention()}
 
 
 def attention_class(name: str | type[nn.Module]) -> type[nn.Module]:
     """The class registered under `name` (a class is returned as it is)."""
     if isinstance(name, type):
         return name
-    key = str(name).lower()
-    if key not in ATTENTION:
-        raise ValueError(f"unknown attention {name!r}{closest(key, list_attention())}; "
-                         f"allowed: {', '.join(list_attention())}")
-    return ATTENTION[key]
+    return attention_spec(name).cls
 
 
 def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) -> nn.Module:
@@ -57,14 +56,23 @@ def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) 
     `name` is one of `list_attention()` or a module class taking `channels` first;
     keyword arguments go to the module (for example `reduction=8` or `kernel_size=3`).
     """
-    if not isinstance(channels, int) or channels < 1:
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
         raise ValueError(f"channels={channels!r}: must be a positive integer")
-    return attention_class(name)(channels, **kwargs)
+    if isinstance(name, type):
+        return name(channels, **kwargs)
+    spec = attention_spec(name)
+    if spec.kind != "gate":
+        raise ValueError(f"attention {name!r} replaces a convolution (kind 'conv'): build it "
+                         f"as {spec.cls.__name__}(in_channels, out_channels, ...) or use the "
+                         f"architectures made with it (skresnet50, resnest50); gates: "
+                         f"{', '.join(list_attention())}")
+    return spec.cls(channels, **kwargs)
 
 
 __all__ = [
     "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "EcaGate", "EfficientChannelAttention",
     "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d", "SqueezeExcite",
-    "attention_class", "check_feature_map", "create_attention", "list_attention",
-    "name_attention_modules",
+    "AttentionSpec", "attention_class", "attention_spec", "check_feature_map", "closest",
+    "create_attention", "find_attention_spec", "iter_attention", "iter_gates",
+    "list_attention", "name_attention_modules", "register_attention",
 ]

@@ -1,0 +1,107 @@
+"""Infrastructure every layer shares: the one atomic writer, "did you mean", device choice.
+
+This module sits below `attention` in the import order: it imports nothing from attnres.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Writer = Callable[[io.BufferedWriter], None]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes | str | Writer,
+                 check: Callable[[str], None] | None = None) -> Path:
+    """Write `path` through a temporary file in the same folder: write, fsync, rename, fsync
+    the folder. A kill at any moment leaves the old file or the new one, never a mix.
+
+    `data`: bytes, text (UTF-8) or a function that writes to a binary file object.
+    `check(tmp_path)` may reject the written file (raise) before it replaces the old one.
+    Every file is given the usual permissions (0666 less the umask), like `open()` would.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """`obj` as indented JSON (with a final newline), written atomically."""
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def closest(name: object, choices: Sequence[str]) -> str:
+    """' (did you mean X?)' for the closest of `choices` to `name`, or ''."""
+    match = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def resolve_device(device: Any = "auto") -> Any:
+    """`device` ("auto", "cpu", "cuda", "cuda:N" or a torch.device) as a torch.device.
+
+    "auto" is CUDA when available, else CPU. Raises a one-line ValueError when the device
+    is not a device name or is not usable on this machine.
+    """
+    import torch
+
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r}: not a device name (use auto, cpu, cuda, "
+                         f"cuda:0)") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: allowed auto, cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+__all__ = ["atomic_write", "atomic_write_json", "closest", "resolve_device"]
