@@ -13,6 +13,7 @@ from torch import nn
 
 from .bam import BAM, BamGate
 from .cbam import CBAM, ChannelGate, SpatialGate
+from .coord import CoordinateAttention
 from .eca import EcaGate, EfficientChannelAttention
 from .norm import SafeBatchNorm2d
 from .shapes import check_feature_map, name_attention_modules
@@ -34,6 +35,9 @@ register_attention(AttentionSpec(
     impls=("fast", "reference", "triton"), timm_name="cbam", paper="Woo et al., ECCV 2018"))
 register_attention(AttentionSpec(
     "bam", BAM, gates={"gate": "channel+spatial"}, paper="Park et al., BMVC 2018"))
+register_attention(AttentionSpec(
+    "coord", CoordinateAttention, gates={"row_gate": "row", "column_gate": "column"},
+    timm_name="coord", paper="Hou, Zhou, Feng, CVPR 2021"))
 register_attention(AttentionSpec(
     "sk", SKConv, kind="conv", timm_name=None, paper="Li et al., CVPR 2019"))
 register_attention(AttentionSpec(
@@ -70,8 +74,8 @@ def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) 
 
 
 __all__ = [
-    "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "EcaGate", "EfficientChannelAttention",
-    "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d", "SqueezeExcite",
+    "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "CoordinateAttention", "EcaGate",
+    "EfficientChannelAttention", "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d", "SqueezeExcite",
     "AttentionSpec", "attention_class", "attention_spec", "check_feature_map", "closest",
     "create_attention", "find_attention_spec", "iter_attention", "iter_gates",
     "list_attention", "name_attention_modules", "register_attention",
