@@ -1,19 +1,23 @@
-"""Where do trained models look? Grad-CAM and CBAM spatial attention maps, side by side.
+"""Where do trained models look? Grad-CAM and spatial attention maps, side by side.
 
 `explain(checkpoints, images)` runs every image through every model and writes, under
 `out`:
 
 - `grid.png`: rows = images, columns = the image, then per model its Grad-CAM overlay
-  (and, for models with CBAM, the spatial attention map of the chosen module), each title
-  giving the predicted class and its probability;
+  (and, for models with an attention module that has spatial gates, that module's
+  attention map), each title giving the predicted class and its probability;
 - one PNG per image and model (`<image>__<model>__cam.png`, `..._attn.png`);
 - `explain.json`: the numbers (predicted class, probability, CAM and attention statistics).
 
 Grad-CAM comes from the maintained `grad-cam` package (`pytorch_grad_cam.GradCAM`), for
 the predicted class, on the output of `layer` (default: the last stage). Its maps are
-min-max scaled to [0, 1] per image and have the model's input size. Attention maps are the
-raw sigmoid outputs of the CBAM spatial gate (B, 1, h, w) captured with a forward hook;
-their overlays are min-max scaled for display (titles give the raw range).
+min-max scaled to [0, 1] per image and have the model's input size.
+
+Attention maps `(B, 1, h, w)` reduce the outputs of a module's spatial, channel+spatial,
+row and column gates (as the attention registry names them), captured with forward hooks in
+the same forward pass, as `attention_maps.attention_map` describes; for a CBAM this is its
+spatial gate's raw sigmoid output. Overlays are min-max scaled for display (titles give
+the raw range).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..attention import closest
+from ..attention import attention_spec, closest
+from .attention_maps import attention_map, spatial_gates
 
 # Photographs that ship with scikit-image, so `attnres explain` runs offline.
 SAMPLE_IMAGES = ("chelsea", "astronaut", "coffee", "rocket")
@@ -179,10 +184,9 @@ def resolve_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
 
 def spatial_attention_module(model: nn.Module, layer: str,
                              attention_module: str | None) -> str | None:
-    """Name of the module whose CBAM spatial gate is shown: `attention_module` if given,
-    else the last module with a spatial gate inside `layer` (None when there is none)."""
-    with_gate = [n for n, m in model.named_modules() if getattr(m, "spatial_gate", None)
-                 is not None]
+    """Name of the attention module whose map is shown: `attention_module` if given, else
+    the last module with spatial gates inside `layer` (None when there is none)."""
+    with_gate = list(spatial_gates(model))
     if attention_module is not None:
         if attention_module not in with_gate:
             raise ValueError(f"attention_module={attention_module!r} has no spatial gate"
@@ -196,20 +200,29 @@ def spatial_attention_module(model: nn.Module, layer: str,
 def _predict(model: nn.Module, x: torch.Tensor, attention_module: str | None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class probabilities `(B, K)` for `x` `(B, 3, H, W)` and, when `attention_module` is
-    given, its spatial gate's output `(B, 1, h, w)` from the same forward pass (on CPU)."""
-    captured: list[torch.Tensor] = []
-    handle = None
+    given, its attention map `(B, 1, h, w)` (`attention_map`) from the same forward pass
+    (on CPU)."""
+    captured: dict[int, torch.Tensor] = {}
+    maps: list[torch.Tensor] = []
+    handles = []
     if attention_module is not None:
-        gate = model.get_submodule(attention_module).spatial_gate
-        handle = gate.register_forward_hook(
-            lambda m, i, o: captured.append(o.detach().float().cpu().clone()))
+        gates = [gate for _, gate in spatial_gates(model)[attention_module]]
+        for i, gate in enumerate(gates):  # a gate called twice keeps its first output
+            handles.append(gate.register_forward_hook(
+                lambda m, a, o, i=i: captured.setdefault(i, o.detach().float())))
+
+        def combine(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if not maps and len(captured) == len(gates):
+                maps.append(attention_map(list(captured.values()), output.shape).cpu().clone())
+
+        handles.append(model.get_submodule(attention_module).register_forward_hook(combine))
     try:
         with torch.no_grad():
             probs = torch.softmax(model(x).float(), dim=1).cpu()
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
-    return probs, (captured[0] if captured else None)
+    return probs, (maps[0] if maps else None)
 
 
 def grad_cam(model: nn.Module, target_layer: nn.Module, x: torch.Tensor,
@@ -285,7 +298,7 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
             out: str | os.PathLike = "explain", image_size: int | None = None,
             data: str | None = None, num_images: int = 4,
             device: str | torch.device | None = None) -> dict[str, Any]:
-    """Grad-CAM (and CBAM spatial attention) of every image under every model.
+    """Grad-CAM (and spatial attention maps) of every image under every model.
 
     Args:
         checkpoints: checkpoint files written by `attnres train` (loaded with
@@ -295,8 +308,9 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
             photographs (chelsea, astronaut, coffee, rocket).
         layer: Grad-CAM target module name; None: each model's last stage (layer4 on
             ImageNet ResNets, layer3 on the CIFAR ones).
-        attention_module: module whose CBAM spatial map is shown; None: the last CBAM inside
-            `layer` (models without one get no attention column).
+        attention_module: attention module whose map is shown (one with spatial gates:
+            `attention_maps.spatial_attention_names()`); None: the last such module inside `layer`
+            (models without one get no attention column).
         out: output folder (created).
         image_size: model input size; None: each model's `preprocessing["image_size"]`.
         data, num_images: instead of `images`, the first `num_images` validation images of
@@ -323,6 +337,7 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
         size = image_size or int(prep["image_size"])
         layer_name, target = resolve_layer(model, layer)
         attn_name = spatial_attention_module(model, layer_name, attention_module)
+        attn_title = None if attn_name is None else _map_title(model, attn_name)
         model_info.append({"name": label, "checkpoint": ckpt, "layer": layer_name,
                            "attention_module": attn_name, "image_size": size})
 
@@ -353,8 +368,8 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
                                        **map_stats(amap)}
                 attn_png = overlay(display, resize_map(_normalise(amap), side).clip(0, 1))
                 _save_png(attn_png, out / f"{stem}__attn.png")
-                cells[i].append((f"{label} CBAM {attn_name}\nspatial gate "
-                                 f"{amap.min():.2f}-{amap.max():.2f}", attn_png))
+                cells[i].append((f"{label} {attn_title}\n{amap.min():.2f}-{amap.max():.2f}",
+                                 attn_png))
             results.append(record)
 
     summary = {"images": [name for name, _ in named_images], "models": model_info,
@@ -363,6 +378,12 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
     text = json.dumps(summary, indent=2)
     _atomic_write(out / "explain.json", lambda tmp: Path(tmp).write_text(text + "\n"))
     return summary
+
+
+def _map_title(model: nn.Module, name: str) -> str:
+    """`cbam layer3.2.attn spatial`, `coord layer3.2.attn row x column`."""
+    kinds = " x ".join(kind for kind, _ in spatial_gates(model)[name])
+    return f"{attention_spec(model.get_submodule(name)).name} {name} {kinds}"
 
 
 def _draw_grid(named_images: list[tuple[str, np.ndarray]],
@@ -380,7 +401,7 @@ def _draw_grid(named_images: list[tuple[str, np.ndarray]],
             if c < len(panels):
                 ax.imshow(panels[c][1])
                 ax.set_title(panels[c][0], fontsize=8)
-    fig.suptitle("Grad-CAM (predicted class, probability) and CBAM spatial attention",
+    fig.suptitle("Grad-CAM (predicted class, probability) and spatial attention maps",
                  fontsize=10)
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 

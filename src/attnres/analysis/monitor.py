@@ -1,14 +1,17 @@
 """Attention statistics: what the gates of every attention module output, batch by batch.
 
-`AttentionMonitor(model)` hooks the gate sub-modules that attnres attention modules are
-built from (`ChannelGate`, `SpatialGate`, `EcaGate`, `BamGate`, whose forward outputs are
-gate values in [0, 1]) and reduces their outputs on the fly:
+`AttentionMonitor(model)` hooks the gate sub-modules that the attention registry names for
+each module (`AttentionSpec.gates`, found with `attention.iter_gates`; their forward
+outputs are gate values in [0, 1]) and reduces their outputs on the fly, by gate kind:
 
 - channel gates `(B, C, 1, 1)`: mean, std, min, max over all values;
 - spatial gates `(B, 1, H, W)`: mean, std, min, max, and the normalised entropy of each
   map seen as a distribution over its H*W positions, p = g / sum(g):
   H(p) / log(H*W), 0 = all weight on one position, 1 = uniform (a flat map);
-- BAM's gate is one full map `(B, C, H, W)`: it is reported as both, channel_* and
+- row gates `(B, C, H, 1)` and column gates `(B, C, 1, W)` (coordinate attention): as
+  spatial gates, under row_* / column_*, the entropy taken over the H rows (W columns) of
+  each of the B*C vectors;
+- a joint channel+spatial gate `(B, C, H, W)` (BAM) is reported as both, channel_* and
   spatial_* over all its values, the entropy taken over each of its B*C maps.
 
 A map with a single position (1x1 feature maps) has no spatial distribution: it is both
@@ -41,15 +44,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import BamGate, ChannelGate, EcaGate, SpatialGate
+from ..attention import iter_gates
 
-# gate class -> which statistics its output feeds
-GATE_KINDS: dict[type[nn.Module], tuple[str, ...]] = {
-    ChannelGate: ("channel",),
-    EcaGate: ("channel",),
-    SpatialGate: ("spatial",),
-    BamGate: ("channel", "spatial"),
+# registry gate kind -> the statistics its output feeds (prefixes of the summary keys)
+STAT_KINDS: dict[str, tuple[str, ...]] = {
+    "channel": ("channel",),
+    "spatial": ("spatial",),
+    "channel+spatial": ("channel", "spatial"),
+    "row": ("row",),
+    "column": ("column",),
 }
+# statistics of gates that spread over positions: these get an entropy
+POSITIONAL = ("spatial", "row", "column")
 
 # positions of the running sums in one float64 accumulator vector (kept on the gate's
 # device; the counts of values and maps are known on the host without a device sync)
@@ -73,20 +79,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def find_gates(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
-    """`(attention module name, kind, gate module)` for every gate in `model`, where kind is
-    "channel" or "spatial" (BAM's gate appears once for each)."""
+    """`(attention module name, statistics kind, gate module)` for every gate of every
+    registered attention module in `model` (`attention.iter_gates`); the kind is one of
+    channel, spatial, row, column (a channel+spatial gate appears once as each of the
+    first two). A model that is itself an attention module is named after its class."""
     model = unwrap(model)
     found = []
-    for name, module in model.named_modules():
-        kinds = next((k for cls, k in GATE_KINDS.items() if isinstance(module, cls)), ())
-        if not kinds:
-            continue
-        owner = name.rpartition(".")[0] if "." in name else ""
-        if not name:  # the model is itself a gate
-            owner = type(module).__name__
-        elif not owner:  # a gate directly under the model (e.g. a bare CBAM's channel_gate)
-            owner = type(model).__name__
-        found.extend((owner, kind, module) for kind in kinds)
+    for owner, _, gate, gate_kind in iter_gates(model):
+        owner = owner or type(model).__name__
+        found.extend((owner, kind, gate) for kind in STAT_KINDS[gate_kind])
     return found
 
 
@@ -112,7 +113,7 @@ class _Stats:
         parts = [g64.sum(), g64.square().sum(), (g < low).sum().double(),
                  (g > high).sum().double()]
         n_maps = 0
-        if kind == "spatial" and g.shape[-1] * g.shape[-2] > 1:
+        if kind in POSITIONAL and g.shape[-1] * g.shape[-2] > 1:
             maps = g.float().flatten(2).flatten(0, 1)  # (B * K, H * W)
             mass = maps.sum(dim=1, keepdim=True)
             p = maps / mass.clamp_min(torch.finfo(torch.float32).tiny)
@@ -217,8 +218,9 @@ class AttentionMonitor:
         """Statistics aggregated over every batch since the last reset:
         `{module name: {"channel_mean", "channel_std", "channel_min", "channel_max",
         "spatial_mean", "spatial_std", "spatial_min", "spatial_max", "spatial_entropy",
-        "channel_frac_below_0.05", "channel_frac_above_0.95", "spatial_frac_...": float}}`,
-        keys present where the module has that gate; modules not run yet are absent."""
+        "channel_frac_below_0.05", "channel_frac_above_0.95", "spatial_frac_...",
+        "row_...", "column_...": float}}`, keys present where the module has that kind of
+        gate; modules not run yet are absent."""
         out: dict[str, dict[str, float]] = {}
         for (name, kind), stats in self._stats.items():
             if stats.total is not None:
@@ -245,8 +247,8 @@ def find_saturation(summary: dict[str, dict[str, float]], low: float = 0.05,
 
     - saturated: more than `frac` of a gate's values lie below `low` or above `high`
       (the sigmoid's flat ends, where the gate passes no gradient);
-    - flat: the mean normalised spatial entropy is above `entropy` (the map weights all
-      positions alike);
+    - flat: the mean normalised entropy of a spatial, row or column gate is above
+      `entropy` (the map weights all positions, rows or columns alike);
     - constant: the channel gate's std over all its values is below `flat_std` (it scales
       every channel of every image alike, which the next norm layer undoes; e.g. stuck
       at 0.5).
@@ -256,7 +258,7 @@ def find_saturation(summary: dict[str, dict[str, float]], low: float = 0.05,
     """
     warnings = []
     for name, stats in summary.items():
-        for kind in ("channel", "spatial"):
+        for kind in ("channel", *POSITIONAL):
             if f"{kind}_mean" not in stats:
                 continue
             below_key, above_key = (_frac_key(kind, "below", low),
@@ -277,10 +279,11 @@ def find_saturation(summary: dict[str, dict[str, float]], low: float = 0.05,
                     f"{name}: channel attention is constant: std {stats['channel_std']:.4f} "
                     f"< {flat_std:g} around {stats['channel_mean']:.3f}, it weights all "
                     f"channels alike")
-        ent = stats.get("spatial_entropy")
-        if ent is not None and ent > entropy:
-            warnings.append(f"{name}: spatial attention is flat: normalised entropy "
-                            f"{ent:.4f} > {entropy:g}, it weights all positions almost alike")
+        for kind, what in zip(POSITIONAL, ("positions", "rows", "columns")):
+            ent = stats.get(f"{kind}_entropy")
+            if ent is not None and ent > entropy:
+                warnings.append(f"{name}: {kind} attention is flat: normalised entropy "
+                                f"{ent:.4f} > {entropy:g}, it weights all {what} almost alike")
     return warnings
 
 

@@ -1,4 +1,4 @@
-"""`attnres explain`: Grad-CAM and CBAM spatial attention of trained models, as a PNG grid."""
+"""`attnres explain`: Grad-CAM and spatial attention maps of trained models, as a PNG grid."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from attnres.analysis.attention_maps import spatial_attention_names
+
+    spatial = ", ".join(spatial_attention_names())  # from the attention registry
     parser = subparsers.add_parser(
-        "explain", help="Grad-CAM + CBAM attention maps of trained models on images",
+        "explain", help=f"Grad-CAM + attention maps ({spatial}) of trained models on images",
         description="For each image and each checkpoint: Grad-CAM of the predicted class on "
-                    "--layer and, for models with CBAM, the spatial attention map of the "
-                    "chosen module, overlaid on the image. Writes OUT/grid.png (rows: "
-                    "images, columns: models), one PNG per image and model, and "
-                    "OUT/explain.json with the numbers.")
+                    "--layer and, for models with an attention module that has spatial "
+                    f"gates ({spatial}), the attention map of the chosen module, overlaid on "
+                    "the image. Writes OUT/grid.png (rows: images, columns: models), one PNG "
+                    "per image and model, and OUT/explain.json with the numbers.")
     parser.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
                         help="a checkpoint (or run folder) from `attnres train`; repeat to "
                              "compare models")
@@ -28,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="Grad-CAM target module (default: the last stage, layer4 on "
                              "ImageNet ResNets, layer3 on CIFAR ResNets)")
     parser.add_argument("--attention-module", default=None, metavar="NAME",
-                        help="module whose CBAM spatial map is shown (default: the last "
-                             "CBAM inside --layer)")
+                        help=f"attention module ({spatial}) whose map is shown (default: "
+                             "the last one inside --layer)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="model input size (default: the one the model was trained at)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")

@@ -7,11 +7,15 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from attnres.attention import list_attention
+
+    names = ", ".join(list_attention())  # from the attention registry
     parser = subparsers.add_parser(
-        "models", help="list architectures, parameter counts, placements and attention names",
+        "models", help=f"list architectures, parameter counts, placements and attention "
+                       f"names ({names})",
         description="Print a table of architectures and parameter counts (plain, and with "
                     "each attention module in every residual block), then the placements, "
-                    "presets and attention names that build_model accepts.")
+                    f"presets and attention names ({names}) that build_model accepts.")
     parser.set_defaults(func=run)
 
 
