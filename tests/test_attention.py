@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from attnres.attention import (
-    BAM, CBAM, SKConv, SplitAttnConv2d, SqueezeExcite, create_attention, list_attention)
+    BAM, CBAM, SKConv, SplitAttnConv2d, SqueezeExcite, attention_spec, create_attention,
+    iter_gates, list_attention)
+from attnres.attention.registry import GATE_SHAPES
 from attnres.attention.eca import EfficientChannelAttention, eca_kernel_size
 
 torch.manual_seed(0)
@@ -32,7 +34,12 @@ def bn_eval(x: torch.Tensor, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
 
 
 def test_registry_names_and_errors() -> None:
-    assert list_attention() == ["bam", "cbam", "eca", "se"]
+    names = list_attention()
+    assert names == sorted(names) and {"bam", "cbam", "coord", "eca", "se"} <= set(names)
+    assert all(attention_spec(n).kind == "gate" for n in names)
+    convs = list_attention("conv")
+    assert {"sk", "splat"} <= set(convs) and not set(convs) & set(names)
+    assert sorted(names + convs) == list_attention(None)
     with pytest.raises(ValueError, match=r"'cbma'.*did you mean 'cbam'.*allowed: bam, cbam"):
         create_attention("cbma", 8)
     with pytest.raises(ValueError, match="channels=0"):
@@ -286,11 +293,37 @@ def test_shape_error_names_the_path_in_the_model() -> None:
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_fast_modules_trace_with_torch_fx() -> None:
+@pytest.mark.parametrize("name", list_attention())
+def test_fast_modules_trace_with_torch_fx(name: str) -> None:
     """The checks and the fast paths step aside under symbolic tracing (FX quantization)."""
-    for name in list_attention():
-        module = create_attention(name, 16).eval()
-        folds = getattr(module, "folds_residual", False)  # optional `identity` argument
-        graph = torch.fx.symbolic_trace(module, concrete_args={"identity": None} if folds else None)
-        x = torch.randn(2, 16, 8, 8)
-        torch.testing.assert_close(graph(x), module(x))
+    module = create_attention(name, 16).eval()
+    folds = getattr(module, "folds_residual", False)  # optional `identity` argument
+    graph = torch.fx.symbolic_trace(module, concrete_args={"identity": None} if folds else None)
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(graph(x), module(x))
+
+
+def expected_gate_shape(kind: str, b: int, c: int, h: int, w: int) -> tuple[int, ...]:
+    """GATE_SHAPES' text, e.g. "(B, C, H, 1)", read with the input's sizes."""
+    sizes = {"B": b, "C": c, "H": h, "W": w, "1": 1}
+    return tuple(sizes[d.strip()] for d in GATE_SHAPES[kind].strip("()").split(","))
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_registered_gates_run_with_their_shapes_and_values(name: str) -> None:
+    """Every gate sub-module the registry names exists, runs once per forward and returns
+    values in [0, 1] of the shape its gate kind promises."""
+    module = create_attention(name, 32).eval()
+    spec = attention_spec(name)
+    gates = list(iter_gates(module))
+    assert [(path, kind) for _, path, _, kind in gates] == list(spec.gates.items())
+    seen: dict[str, list[torch.Tensor]] = {path: [] for _, path, _, _ in gates}
+    for _, path, gate, _ in gates:
+        gate.register_forward_hook(lambda m, a, out, p=path: seen[p].append(out))
+    x = torch.randn(2, 32, 7, 5)
+    with torch.no_grad():
+        assert module(x).shape == x.shape
+    for _, path, _, kind in gates:
+        (out,) = seen[path]
+        assert tuple(out.shape) == expected_gate_shape(kind, 2, 32, 7, 5), (path, kind)
+        assert 0 <= out.min() and out.max() <= 1

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from attnres.analysis.explain import explain, grad_cam
+from attnres.attention import attention_spec, list_attention
 from attnres.cli import main
 from attnres.models import build_model
 from attnres.train import save_checkpoint
@@ -67,6 +68,7 @@ def grad_cam_by_hand(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Te
     return ((cam - cam.min()) / (cam.max() - cam.min() + 1e-7))[0, 0].numpy()
 
 
+@pytest.mark.slow
 def test_grad_cam_maps_match_the_formula_have_the_image_size_and_differ(models) -> None:
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     maps = []
@@ -138,6 +140,7 @@ def test_explain_probabilities_match_the_model_on_the_cropped_image(models, tmp_
     assert r["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_explain_default_photographs_and_bad_input(models, tmp_path, capsys) -> None:
     save_run(models[0], tmp_path / "a.pt")
     assert main(["explain", "--checkpoint", str(tmp_path / "a.pt"), "--out",
@@ -170,3 +173,40 @@ def test_dataset_images_take_one_validation_image_per_class_in_turn() -> None:
         np.testing.assert_array_equal(image, val.images[index].permute(1, 2, 0).numpy())
     firsts = [next(i for i, y in enumerate(val.labels.tolist()) if y == c) for c in range(10)]
     assert [int(n.split("-val")[1]) for n, _ in picked[:10]] == firsts
+
+
+# gate kinds that vary over positions: explain draws the modules that have one
+POSITIONAL_KINDS = {"spatial", "channel+spatial", "row", "column"}
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_attention_map_of_every_registered_module(name, tmp_path) -> None:
+    """A map exactly for modules with a positional gate: the mean over channels of the
+    product of those gates' outputs (captured here with the test's own hooks)."""
+    torch.manual_seed(6)
+    model = build_model("resnet20", attention=name, num_classes=len(CLASSES)).eval()
+    model.preprocessing = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": SIZE,
+                           "classes": CLASSES}
+    spec = attention_spec(name)
+    module = model.layer3[2].attn
+    positional = [sub for sub, kind in spec.gates.items() if kind in POSITIONAL_KINDS]
+    outputs: list[torch.Tensor] = []
+    for sub in positional:
+        module.get_submodule(sub).register_forward_hook(lambda m, a, o: outputs.append(o))
+    image = np.random.default_rng(2).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    (record,) = explain([model], [image], out=tmp_path, device="cpu")["results"]
+    assert ("attention" in record) == bool(positional)
+    if not positional:
+        assert not list(tmp_path.glob("*__attn.png"))
+        return
+    attention = record["attention"]
+    assert attention["module"] == "layer3.2.attn"
+    assert attention["map_size"] == [SIZE // 4, SIZE // 4]
+    product = outputs[0]
+    for out in outputs[1:len(positional)]:  # the first forward pass: explain's prediction
+        product = product * out
+    expected = product.detach().mean(dim=1)[0].expand(SIZE // 4, SIZE // 4)
+    assert attention["mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert attention["min"] == pytest.approx(float(expected.min()), abs=1e-6)
+    assert attention["max"] == pytest.approx(float(expected.max()), abs=1e-6)
+    assert (tmp_path / "image0__model0__attn.png").is_file()

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from attnres.attention import CBAM, SqueezeExcite
+from attnres.attention import CBAM, SqueezeExcite, attention_spec, iter_attention, list_attention
 from attnres.models import build_model, insert_attention
 from attnres.models.insert import IdentityInit
 
@@ -66,6 +66,24 @@ def test_identity_insertion_keeps_outputs(arch, at) -> None:
     assert all(torch.equal(new[k], v) for k, v in keys.items())
     assert all("attn_before" in k or "attn_after" in k for k in set(new) - set(keys))
     assert len(set(new) - set(keys)) > 0
+
+
+@pytest.mark.parametrize("attention", list_attention())
+def test_every_attention_inserts_as_an_exact_identity_and_then_acts(attention) -> None:
+    model = small_cnn()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+    insert_attention(model, attention, ["0:after", "3:before", "3:after"], init="identity")
+    found = list(iter_attention(model))
+    assert [path for path, _, _ in found] == ["0.attn_after.attn", "3.0.attn_before.attn",
+                                              "3.2.attn_after.attn"]
+    assert all(spec is attention_spec(attention) for _, _, spec in found)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # s = 0: exactly
+        for wrapper in (model[0].attn_after, model[3][0].attn_before, model[3][2].attn_after):
+            wrapper.scale.fill_(1.0)  # s = 1: the plain gate
+        assert (model(x) - before).abs().max() > 1e-4
 
 
 def test_channels_are_inferred_and_sequentials_resolve_to_their_ends() -> None:

@@ -154,7 +154,8 @@ def test_torchvision_state_dict_keys_and_shapes_match(arch) -> None:
     assert {k: with_cbam[k] for k in theirs} == theirs
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnext50_32x4d",
+                                                           marks=pytest.mark.slow)])
 def test_outputs_equal_torchvision_with_the_same_weights(arch) -> None:
     theirs = getattr(torchvision.models, arch)().eval()
     for m in theirs.modules():  # non-trivial BN statistics so eval-mode BN matters
@@ -295,4 +296,4 @@ def test_models_command_prints_the_table(capsys) -> None:
     assert rows["resnet50"][:3] == ["1000", "25,557,032", "28,088,024"]
     assert rows["resnet20"][:2] == ["10", f"{cifar_resnet_params(3):,}"]
     assert "placements: block, block-post, stage, stem, head" in out
-    assert "bam, cbam, eca, se" in out
+    assert f"attention:  {', '.join(list_attention())}" in out

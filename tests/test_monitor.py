@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from attnres.analysis.monitor import AttentionMonitor, find_saturation
-from attnres.attention import BAM, CBAM, EfficientChannelAttention, SqueezeExcite
+from attnres.attention import (
+    BAM, CBAM, EfficientChannelAttention, SqueezeExcite, attention_spec, create_attention,
+    list_attention)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -243,3 +245,33 @@ def test_find_saturation_flags_forced_saturation_and_not_a_healthy_module() -> N
 
     with pytest.raises(ValueError, match="low=0.1"):
         find_saturation(monitor.summary(), low=0.1)
+
+
+# what each registry gate kind is reported as (the monitor's documented naming)
+REPORTED_AS = {"channel": ["channel"], "spatial": ["spatial"],
+               "channel+spatial": ["channel", "spatial"], "row": ["row"], "column": ["column"]}
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_every_registered_module_reports_each_of_its_gates(name: str) -> None:
+    """Statistics for every gate the registry names, equal to that sub-module's output
+    captured here with a hook of the test's own."""
+    torch.manual_seed(4)
+    module = create_attention(name, 16).eval()
+    spec = attention_spec(name)
+    outputs: dict[str, list[torch.Tensor]] = {sub: [] for sub in spec.gates}
+    for sub in spec.gates:
+        module.get_submodule(sub).register_forward_hook(
+            lambda m, a, out, s=sub: outputs[s].append(out.detach().double()))
+    batches = two_batches()
+    with AttentionMonitor(module) as monitor, torch.no_grad():
+        for x in batches:
+            module(x)
+    (stats,) = monitor.summary().values()
+    expected_kinds = {k for kind in spec.gates.values() for k in REPORTED_AS[kind]}
+    assert {key.split("_")[0] for key in stats} == expected_kinds
+    for sub, kind in spec.gates.items():
+        values = torch.cat([g.flatten() for g in outputs[sub]]).numpy()
+        for reported in REPORTED_AS[kind]:
+            check_stats(stats, reported, values)
+    assert monitor.batches == len(batches)

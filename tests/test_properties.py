@@ -8,10 +8,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from attnres.attention import (
-    BamGate, ChannelGate, EcaGate, SKConv, SpatialGate, SplitAttnConv2d, create_attention,
-    list_attention)
+    SKConv, SplitAttnConv2d, create_attention, iter_gates, list_attention)
 
-GATES = (ChannelGate, SpatialGate, EcaGate, BamGate)
 MAX_ELEMENTS = 1 << 19  # keeps each example small enough for 2 CPU cores
 
 shapes = st.tuples(st.integers(1, 4), st.integers(1, 2048), st.integers(1, 64),
@@ -19,10 +17,11 @@ shapes = st.tuples(st.integers(1, 4), st.integers(1, 2048), st.integers(1, 64),
 
 
 def run_checked(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Forward `x`, returning the gate values every gate module produced."""
+    """Forward `x`, returning the gate values every gate module (as the registry names
+    them) produced."""
     gates: list[torch.Tensor] = []
     handles = [m.register_forward_hook(lambda _m, _i, out: gates.append(out.detach()))
-               for m in module.modules() if isinstance(m, GATES)]
+               for _, _, m, _ in iter_gates(module)]
     try:
         with torch.no_grad():
             y = module(x)
