@@ -184,6 +184,27 @@ def test_monitor_statistics_equal_the_paper_gates() -> None:
         assert stats[f"{kind}_entropy"] == pytest.approx(entropy, abs=1e-6)
 
 
+def test_find_saturation_reads_row_and_column_gates() -> None:
+    from attnres.analysis.monitor import find_saturation
+
+    m = randomize(CoordinateAttention(16, reduction=2)).eval()
+    x = torch.randn(2, 16, 6, 6)
+    with AttentionMonitor(m) as monitor, torch.no_grad():
+        m(x)
+    assert find_saturation(monitor.summary()) == []  # spread-out gates
+    with torch.no_grad():
+        m.row_gate.conv.weight.zero_()  # every row alike
+        m.column_gate.conv.bias.fill_(50.0)  # stuck open
+    with AttentionMonitor(m) as monitor, torch.no_grad():
+        m(x)
+    warnings = find_saturation(monitor.summary())
+    assert len(warnings) == 3, warnings  # a gate stuck at 1 is also flat
+    assert warnings[0].startswith("CoordinateAttention: column attention saturated")
+    assert "above 0.95 (100.0%)" in warnings[0]
+    assert warnings[1].startswith("CoordinateAttention: row attention is flat")
+    assert warnings[2].startswith("CoordinateAttention: column attention is flat")
+
+
 def test_identity_insertion_keeps_outputs_exactly() -> None:
     model = build_model("resnet20")
     with torch.no_grad():
