@@ -75,7 +75,8 @@ def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) 
 
 __all__ = [
     "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "CoordinateAttention", "EcaGate",
-    "EfficientChannelAttention", "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d", "SqueezeExcite",
+    "EfficientChannelAttention", "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d",
+    "SqueezeExcite",
     "AttentionSpec", "attention_class", "attention_spec", "check_feature_map", "closest",
     "create_attention", "find_attention_spec", "iter_attention", "iter_gates",
     "list_attention", "name_attention_modules", "register_attention",
