@@ -350,3 +350,26 @@ def test_missing_data_fails_before_training(tmp_path: Path, trainer) -> None:
     with pytest.raises(FileNotFoundError, match="did you mean 'digits'"):
         ablate("modules", out=tmp_path / "out", data="digitz", log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_measure_costs_in_one_process() -> None:
+    import torch
+
+    from attnres.ablation import measure_costs
+
+    configs = {"baseline": {"arch": "resnet20", "batch_size": 4},
+               "cbam": {"arch": "resnet20", "attention": "cbam", "preset": "last-stage",
+                        "batch_size": 4}}
+    costs = measure_costs(configs, image_size=8, num_classes=3, repeats=2, train_repeats=2,
+                          warmup=1, log=lambda m: None)
+    assert costs["threads"] == torch.get_num_threads() == costs["machine"]["torch_threads"]
+    assert costs["train_batch_size"] == [4] and costs["device"] == "cpu"
+    for name, settings in configs.items():
+        model = build_model("resnet20", attention=settings.get("attention"),
+                            preset=settings.get("preset"), num_classes=3)
+        row = costs["configs"][name]
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+        assert row["flops"] == count_flops(model, (1, 3, 8, 8))
+        assert row["train_images_per_s"] == pytest.approx(4 / (row["train_step_ms"] / 1e3))
+        assert row["latency_ms"] > 0 and row["peak_train_mem_mb"] > 0
+    json.dumps(costs)  # JSON-able as written

@@ -105,7 +105,7 @@ def test_table_numbers_match_scipy(modules: Path) -> None:
     assert cells[10] == "81.90"
     assert cells[11] == f"{400 / 500:.2f} (400/s)" and cells[12] == f"{9 / 6:.2f} (9.00 ms)"
     assert cells[13] == "360.0"
-    assert "last epoch" in md and "Test CPU" in md and "1 torch threads" in md
+    assert "last epoch" in md and "Test CPU" in md and "torch threads 1" in md
     assert "cbam @ block, all stages" in md
     # the CSV and the returned rows hold the unrounded numbers
     table = {r["config"]: r for r in csv.DictReader((modules / "results.csv").open())}
@@ -207,3 +207,16 @@ def test_bad_folders(tmp_path: Path) -> None:
         report(mixed, reuse=["nocolon"])
     with pytest.raises(ValueError, match="no finished runs of 'cbam'"):
         report(mixed, reuse=[f"{mixed}:cbam=all"])
+
+
+def test_rows_that_differ_in_recipe_say_so(tmp_path: Path) -> None:
+    folder = tmp_path / "lr"
+    for seed in range(2):
+        write_run(folder, "baseline", seed, 60.0 + seed, 90.0)
+        write_run(folder, "fast", seed, 61.0 + seed, 90.0, lr=0.2)
+    report(folder, plot=False)
+    md = (folder / "results.md").read_text()
+    assert "Rows differ in: lr (baseline 0.1, fast 0.2)." in md
+    assert "Recipe of every row: arch resnet20, data cifar10-jpeg-train.tar.gz," in md
+    assert "lr 0.1" not in md.split("Rows differ")[0].split("Recipe of every row")[1]
+    assert not (folder / "results.png").exists()

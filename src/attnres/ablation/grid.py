@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 from ..attention import list_attention
 from ..models import list_presets
 from ..utils import closest
+from .results import run_identity
 
 # The module the placement table of the CBAM paper (Woo et al. 2018) studies.
 PLACEMENT_ATTENTION = "cbam"
@@ -170,8 +171,6 @@ def dedupe(plans: list[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, dic
     `plans`: (name, full TrainConfig dict) per configuration. Returns the kept plans and,
     per kept name, the names merged into it (`{"progressive": ["selective"]}`).
     """
-    from .results import run_identity
-
     kept: list[tuple[str, dict[str, Any]]] = []
     merged: dict[str, list[str]] = {}
     first: dict[str, str] = {}

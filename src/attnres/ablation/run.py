@@ -146,8 +146,9 @@ def _costs(plans: list[tuple[str, dict[str, Any], dict[str, Any]]], seeds: list[
             log(f"costs: kept {path} (delete it to measure again)")
             return
     num_classes, image_size = _data_facts(plans, seeds, out)
+    # on the device the runs trained on ("auto": CUDA when there is one)
     costs = measure_costs({name: full for name, _, full in plans}, image_size=image_size,
-                          num_classes=num_classes, log=log)
+                          num_classes=num_classes, device=plans[0][2]["device"], log=log)
     atomic_write_json(path, costs)
 
 

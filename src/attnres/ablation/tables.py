@@ -180,16 +180,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
     identities = [run_identity(r["settings"]) for r in rows]
     keys = [k for k in identities[0] if k not in _MODEL_FIELDS]
     common = [k for k in keys if all(i.get(k) == identities[0][k] for i in identities)]
-    shown = [f"{k} {json.dumps(identities[0][k])}" for k in RECIPE_SHOWN if k in common]
+    shown = [f"{k} {_value(identities[0][k])}" for k in RECIPE_SHOWN
+             if k in common and identities[0][k] is not None]
     lines = [f"Recipe of every row: {', '.join(shown)}."]
     varying = [k for k in keys if k not in common]
     if varying:
         lines.append("Rows differ in: " + "; ".join(
-            f"{k} (" + ", ".join(f"{r['config']} {json.dumps(i.get(k))}"
+            f"{k} (" + ", ".join(f"{r['config']} {_value(i.get(k))}"
                                  for r, i in zip(rows, identities)) + ")" for k in varying)
                      + ".")
     return lines
@@ -203,7 +208,7 @@ def _costs_line(costs: dict[str, Any] | None, base: str) -> str:
     sizes = ", ".join(map(str, costs.get("train_batch_size", [])))
     method = costs.get("method", {})
     return (f"Costs, measured in one process on {where} ({m.get('cpu_cores', '?')} cores, "
-            f"{costs.get('threads', '?')} torch threads, device {costs.get('device', '?')}, "
+            f"torch threads {costs.get('threads', '?')}, device {costs.get('device', '?')}, "
             f"torch {m.get('torch', '?')}), inputs {costs.get('image_size')} px, ratios to "
             f"`{base}`: train img/s of an SGD step at batch {sizes} and batch-1 inference "
             f"latency, medians of interleaved runs; peak train MB: {method.get('memory', '?')}"
