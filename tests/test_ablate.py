@@ -1,26 +1,57 @@
-"""Ablation grids: real tiny runs, aggregation checked against numpy, resume, bad grids."""
+"""Ablation grids: real tiny runs, results folders, resume, refused recipes, presets with the
+running grid's folder names, reused rows, bad grids, the CLI."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import attnres.ablate as ablate_mod
-import attnres.train as train_mod
-from attnres.ablate import PRESETS, ablate, load_grid
-from attnres.analysis.profile import FLOP_COUNTER
+import attnres.ablation as ablation
+import attnres.ablation.run as run_mod
+from attnres.ablation import ablate, load_grid, preset_configs
+from attnres.analysis.profile import count_flops
+from attnres.attention import list_attention
 from attnres.cli import main
 from attnres.models import build_model
 
 GRID = {"configs": [{"name": "baseline"}, {"name": "se", "attention": "se"}],
         "defaults": {"arch": "resnet20"}}
+RUN_FILES = ["config.json", "metrics.csv", "summary.json"]
+
+
+@pytest.fixture
+def trainer(monkeypatch: pytest.MonkeyPatch):
+    """The module whose `train` ablate calls; tests replace `train` on it."""
+    module = run_mod._trainer()
+
+    def set_train(fn) -> None:
+        monkeypatch.setattr(module, "train", fn)
+    return set_train
+
+
+def fake_train(calls: list):
+    """A stand-in for the trainer: writes the three small files a finished run leaves,
+    with a top-1 that depends on the configuration and the seed."""
+    def train(config) -> dict:
+        calls.append(config)
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        settings = dataclasses.asdict(config)
+        top1 = 50.0 + config.seed + 2.0 * len(config.attention or "")
+        summary = {"last_val_top1": top1, "last_val_top5": 90.0, "best_val_top1": top1,
+                   "params": 1000, "finished": True, "config": settings}
+        (out / "config.json").write_text(json.dumps(settings))
+        (out / "metrics.csv").write_text(f"epoch,val_top1\n1,{top1}\n")
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+    return train
 
 
 @pytest.fixture(scope="module")
@@ -38,110 +69,198 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _settings(folder: Path, cache: Path) -> dict:
+def _settings(cache: Path) -> dict:
     return {"val_split": 12, "image_size": 16, "cache_dir": str(cache), "quiet": True,
             "tensorboard": False, "warmup_epochs": 0.5, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def finished_ablation(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    """2 configurations x 2 seeds, 1 epoch each, trained for real."""
-    out = tmp_path_factory.mktemp("ablation")
-    cache = tmp_path_factory.mktemp("cache")
-    messages: list[str] = []
-    rows = ablate(GRID, out=out, seeds=[0, 1], data=str(tiny_folder), epochs=1,
-                  batch_size=16, overrides=_settings(tiny_folder, cache),
-                  explain_maps=False, log=messages.append)
-    # later tests re-run the ablation in place: keep the first report as written
-    report = {name: (out / name).read_bytes() for name in
-              ("results.md", "results.csv", "accuracy_vs_latency.png")}
-    return out, rows, cache, report
+    """2 configurations x 2 seeds, 1 epoch each, trained for real; results kept apart."""
+    root = tmp_path_factory.mktemp("ablation")
+    out, results, cache = root / "runs", root / "results", root / "cache"
+    rows = ablate(GRID, out=out, results=results, seeds=[0, 1], data=str(tiny_folder),
+                  epochs=1, batch_size=16, overrides=_settings(cache), explain_maps=False,
+                  log=lambda m: None)
+    report = {name: (results / name).read_bytes() for name in
+              ("results.md", "results.csv", "results.png", "costs.json")}
+    return out, results, rows, cache, report
 
 
-def test_writes_report_with_numpy_statistics(finished_ablation) -> None:
-    out, rows, _, written = finished_ablation
-    assert written["accuracy_vs_latency.png"][:8] == b"\x89PNG\r\n\x1a\n"
-    lines = written["results.csv"].decode().splitlines()
-    table = {r["config"]: r for r in csv.DictReader(lines)}
-    assert sorted(table) == ["baseline", "se"]
-    for name in ("baseline", "se"):
-        runs = [json.loads((out / f"{name}-s{s}" / "summary.json").read_text())
-                for s in (0, 1)]
-        assert all(r["finished"] for r in runs)
-        top1 = np.array([r["last_val_top1"] for r in runs])
-        top5 = np.array([r["last_val_top5"] for r in runs])
+@pytest.mark.slow
+def test_real_runs_results_and_costs(finished_ablation) -> None:
+    out, results, rows, _, written = finished_ablation
+    assert sorted(p.name for p in results.iterdir() if p.is_dir()) == [
+        "baseline-s0", "baseline-s1", "se-s0", "se-s1"]
+    for run in results.glob("*-s*"):
+        assert sorted(p.name for p in run.iterdir()) == RUN_FILES
+        for name in RUN_FILES:  # copies of what the trainer wrote
+            assert (run / name).read_bytes() == (out / run.name / name).read_bytes()
+    table = {r["config"]: r for r in csv.DictReader(written["results.csv"].decode()
+                                                    .splitlines())}
+    costs = json.loads(written["costs.json"])
+    assert costs["threads"] >= 1 and costs["machine"]["cpu_cores"] >= 1
+    for name, attention in (("baseline", None), ("se", "se")):
+        top1 = np.array([json.loads((out / f"{name}-s{s}" / "summary.json").read_text())
+                         ["last_val_top1"] for s in (0, 1)])
         row = next(r for r in rows if r["config"] == name)
         assert row["top1_mean"] == pytest.approx(top1.mean())
         assert row["top1_std"] == pytest.approx(top1.std(ddof=1))
-        assert row["top5_mean"] == pytest.approx(top5.mean())
         assert float(table[name]["top1_mean"]) == pytest.approx(top1.mean())
-        assert float(table[name]["top1_std"]) == pytest.approx(top1.std(ddof=1))
-        # parameters from an independently built model with two classes
-        model = build_model("resnet20", attention=None if name == "baseline" else "se",
-                            num_classes=2)
+        # params and FLOPs from an independently built model with two classes
+        model = build_model("resnet20", attention=attention, num_classes=2)
         assert int(table[name]["params"]) == sum(p.numel() for p in model.parameters())
-    assert float(table["baseline"]["cpu_latency_ratio"]) == pytest.approx(1.0)
-    assert float(table["se"]["cpu_latency_ratio"]) > 0
-    # SE adds two 1x1 layers per block, so strictly more FLOPs than the baseline
-    assert int(table["se"]["flops"]) > int(table["baseline"]["flops"]) > 0
-    report = written["results.md"].decode()
-    assert FLOP_COUNTER in report
-    assert torch.__version__ in report
-    assert "| se |" in report and "accuracy_vs_latency.png" in report
+        assert costs["configs"][name]["flops"] == count_flops(model, (1, 3, 16, 16))
+        assert costs["configs"][name]["latency_ms"] > 0
+        assert costs["configs"][name]["train_images_per_s"] > 0
+    assert float(table["baseline"]["latency_ratio"]) == 1.0
+    assert int(table["se"]["flops"]) > int(table["baseline"]["flops"])
+    assert written["results.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| se | se @ block, all stages | 2 |" in written["results.md"].decode()
 
 
-def test_rerun_skips_finished_runs(finished_ablation, tiny_folder: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    out, rows, cache, _ = finished_ablation
-    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*-s*/*") if p.is_file()}
-
-    def must_not_train(config):
-        raise AssertionError(f"train called again for {config.out}")
-
-    monkeypatch.setattr(train_mod, "train", must_not_train)
+@pytest.mark.slow
+def test_rerun_trains_nothing_and_report_is_the_same(finished_ablation, tiny_folder: Path,
+                                                     tmp_path: Path, trainer) -> None:
+    out, results, rows, cache, written = finished_ablation
+    trainer(lambda config: pytest.fail(f"train called again for {config.out}"))
     messages: list[str] = []
-    again = ablate(GRID, out=out, seeds=[0, 1], data=str(tiny_folder), epochs=1,
-                   batch_size=16, overrides=_settings(tiny_folder, cache), latency=False,
+    # a fresh --out: the results folder alone says what is done
+    again = ablate(GRID, out=tmp_path / "elsewhere", results=results, seeds=[0, 1],
+                   data=str(tiny_folder), epochs=1, batch_size=16, overrides=_settings(cache),
                    explain_maps=False, log=messages.append)
     assert sum("skipped" in m for m in messages) == 4
-    assert [r["top1_mean"] for r in again] == [r["top1_mean"] for r in rows]
-    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert any("costs: kept" in m for m in messages)
+    assert (results / "costs.json").read_bytes() == written["costs.json"]
+    assert again == rows
+    assert (results / "results.md").read_bytes() == written["results.md"]
+    # `attnres report` makes the same bytes from the folder
+    assert main(["report", str(results)]) == 0
+    assert (results / "results.md").read_bytes() == written["results.md"]
+    assert (results / "results.csv").read_bytes() == written["results.csv"]
 
 
-def test_unfinished_run_is_resumed(finished_ablation, tiny_folder: Path, tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    out, _, cache, _ = finished_ablation
-    # a copy of the ablation where se-s1 stopped before writing a finished summary
-    copy = tmp_path / "copy"
-    for run in out.glob("*-s*"):
-        for file in ("summary.json", "last.pt"):
-            (copy / run.name).mkdir(parents=True, exist_ok=True)
-            (copy / run.name / file).write_bytes((run / file).read_bytes())
-    stale = json.loads((copy / "se-s1" / "summary.json").read_text())
-    (copy / "se-s1" / "summary.json").write_text(json.dumps({**stale, "finished": False}))
-    calls = []
+@pytest.mark.slow
+def test_changed_recipe_is_refused(finished_ablation, tiny_folder: Path, trainer) -> None:
+    _, results, _, cache, _ = finished_ablation
+    trainer(lambda config: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"different epochs \(1 vs 2\)"):
+        ablate(GRID, out=results, results=results, seeds=[0], data=str(tiny_folder),
+               epochs=2, batch_size=16, overrides=_settings(cache), latency=False,
+               explain_maps=False, log=lambda m: None)
 
-    def fake_train(config):
-        calls.append(config)
-        return stale
 
-    monkeypatch.setattr(train_mod, "train", fake_train)
-    ablate(GRID, out=copy, seeds=[0, 1], data=str(tiny_folder), epochs=1, batch_size=16,
-           overrides=_settings(tiny_folder, cache), latency=False, explain_maps=False,
+@pytest.mark.slow
+def test_broken_explain_keeps_the_table(finished_ablation, tiny_folder: Path, trainer,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnres.analysis.explain as explain_mod
+
+    out, results, _, cache, _ = finished_ablation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no maps today")
+
+    monkeypatch.setattr(explain_mod, "explain", broken)
+    trainer(lambda config: pytest.fail("trained"))
+    ablate(GRID, out=out, results=results, seeds=[0, 1], data=str(tiny_folder), epochs=1,
+           batch_size=16, overrides=_settings(cache), latency=False, explain_maps=True,
            log=lambda m: None)
+    report = (results / "results.md").read_text()
+    assert "| baseline |" in report and "| se |" in report
+    assert "attention maps failed: RuntimeError: no maps today" in report
+    assert "no maps today" in (results / "explain_error.txt").read_text()
+    (results / "explain_error.txt").unlink()
+
+
+def test_missing_runs_are_trained_and_copied(tmp_path: Path, trainer) -> None:
+    calls: list = []
+    trainer(fake_train(calls))
+    out, results = tmp_path / "runs", tmp_path / "results"
+    ablate(GRID, out=out, results=results, seeds=[0, 1], latency=False,
+           explain_maps=False, log=lambda m: None)
+    assert [(Path(c.out).name, c.attention) for c in calls] == [
+        ("baseline-s0", None), ("baseline-s1", None), ("se-s0", "se"), ("se-s1", "se")]
+    # a run lost from the results folder but finished in out is copied, not trained
+    for name in RUN_FILES:
+        (results / "se-s1" / name).unlink()
+    # a run missing everywhere is trained
+    for folder in (results, out):
+        for name in RUN_FILES:
+            (folder / "baseline-s0" / name).unlink()
+    calls.clear()
+    messages: list[str] = []
+    ablate(GRID, out=out, results=results, seeds=[0, 1], latency=False, explain_maps=False,
+           log=messages.append)
+    assert [Path(c.out).name for c in calls] == ["baseline-s0"]
+    assert any("se-s1: finished earlier in" in m and "copied" in m for m in messages)
+    assert sorted(p.name for p in (results / "se-s1").iterdir()) == RUN_FILES
+
+
+def test_unfinished_run_is_resumed(tmp_path: Path, trainer) -> None:
+    calls: list = []
+    trainer(fake_train(calls))
+    out = tmp_path / "runs"
+    ablate(GRID, out=out, seeds=[0, 1], latency=False, explain_maps=False, log=lambda m: None)
+    stale = json.loads((out / "se-s1" / "summary.json").read_text())
+    (out / "se-s1" / "summary.json").write_text(json.dumps({**stale, "finished": False}))
+    (out / "se-s1" / "last.pt").write_bytes(b"checkpoint")
+    calls.clear()
+    ablate(GRID, out=out, seeds=[0, 1], latency=False, explain_maps=False, log=lambda m: None)
     assert len(calls) == 1
-    assert calls[0].resume == str(copy / "se-s1") and calls[0].seed == 1
+    assert calls[0].resume == str(out / "se-s1") and calls[0].seed == 1
     assert calls[0].attention == "se"
 
 
-def test_changed_settings_are_refused(finished_ablation, tiny_folder: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    out, _, cache, _ = finished_ablation
-    monkeypatch.setattr(train_mod, "train", lambda config: pytest.fail("trained"))
-    with pytest.raises(ValueError, match="different epochs"):
-        ablate(GRID, out=out, seeds=[0], data=str(tiny_folder), epochs=2, batch_size=16,
-               overrides=_settings(tiny_folder, cache), latency=False, explain_maps=False,
-               log=lambda m: None)
+def test_presets_come_from_the_registries() -> None:
+    modules = load_grid("modules")
+    assert [c["name"] for c in modules.configs] == ["baseline", *list_attention()]
+    assert [c.get("attention") for c in modules.configs] == [None, *list_attention()]
+    placements = load_grid("placements")
+    assert [c["name"] for c in placements.configs] == [
+        "none", "all", "last-stage", "progressive", "selective", "stem+head"]
+    for config in preset_configs("placements"):  # every preset configuration builds
+        build_model("resnet20", num_classes=10,
+                    **{k: v for k, v in config.items() if k != "name"})
+
+
+def test_placements_train_the_running_grids_folders(tmp_path: Path, trainer) -> None:
+    """With none / all reused from the modules folder, the placements grid trains exactly
+    placements/{last-stage,progressive,stem+head}-s<seed>, and accepts a stem+head run
+    trained with `--placement stem head` instead of the preset."""
+    from test_report import write_run
+
+    calls: list = []
+    trainer(fake_train(calls))
+    modules = tmp_path / "modules"
+    recipe = {"data": "digits", "epochs": 3, "val_split": None, "amp": False}
+    for seed in (0, 1):
+        write_run(modules, "baseline", seed, 60.0 + seed, 90.0, **recipe)
+        write_run(modules, "cbam", seed, 61.0 + seed, 90.0, attention="cbam", **recipe)
+    placements = tmp_path / "placements"
+    write_run(placements, "stem+head", 0, 62.0, 90.0, attention="cbam",
+              placement=["stem", "head"], **recipe)
+    messages: list[str] = []
+    rows = ablate("placements", out=tmp_path / "runs", results=placements, seeds=[0, 1],
+                  reuse=[f"{modules}:baseline=none,cbam=all"], data="digits", epochs=3,
+                  latency=False, explain_maps=False, log=messages.append)
+    assert sorted(Path(c.out).name for c in calls) == [
+        "last-stage-s0", "last-stage-s1", "progressive-s0", "progressive-s1", "stem+head-s1"]
+    assert any("selective: the same run as progressive" in m for m in messages)
+    assert sorted(p.name for p in placements.iterdir() if p.is_dir()) == [
+        "last-stage-s0", "last-stage-s1", "progressive-s0", "progressive-s1", "stem+head-s0",
+        "stem+head-s1"]
+    labels = {r["config"]: (r["label"], r["placement"]) for r in rows}
+    assert labels == {"none": ("none", "none"), "all": ("all", "cbam @ block, all stages"),
+                      "last-stage": ("last-stage", "cbam @ block, stage 3"),
+                      "progressive": ("progressive = selective (3 stages)",
+                                      "cbam @ block, stages 2-3"),
+                      "stem+head": ("stem+head", "cbam @ stem + head")}
+    # the reused rows are checked against the grid's recipe too
+    with pytest.raises(ValueError, match=r"modules/baseline-s0 holds a finished run with "
+                                         r"different epochs \(3 vs 4\)"):
+        ablate("placements", out=tmp_path / "runs", results=placements, seeds=[0, 1],
+               reuse=[f"{modules}:baseline=none,cbam=all"], latency=False,
+               explain_maps=False, log=lambda m: None, data="digits", epochs=4)
 
 
 def test_toml_grid(tmp_path: Path) -> None:
@@ -155,18 +274,6 @@ def test_toml_grid(tmp_path: Path) -> None:
     assert grid.defaults == {"arch": "resnet32", "epochs": 7}
     assert grid.configs == [{"name": "plain"},
                             {"name": "cbam-last", "attention": "cbam", "preset": "last-stage"}]
-
-
-def test_presets() -> None:
-    modules = load_grid("modules")
-    assert [c.get("attention") for c in modules.configs] == [None, "se", "eca", "cbam", "bam"]
-    placements = load_grid("placements")
-    assert [c.get("preset") for c in placements.configs] == [
-        None, "last-stage", "all", "progressive", "selective", "stem+head"]
-    # every preset configuration builds
-    for config in PRESETS["placements"]:
-        kwargs = {k: v for k, v in config.items() if k != "name"}
-        build_model("resnet20", num_classes=10, **kwargs)
 
 
 @pytest.mark.parametrize(("toml", "message"), [
@@ -197,12 +304,20 @@ def test_bad_grid_names(tmp_path: Path) -> None:
     ({"name": "a", "seed": 3}, "sets 'seed'"),
     ({"name": "a", "attention": "cbma"}, "unknown attention 'cbma'.*'cbam'"),
 ])
-def test_bad_fields_fail_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         config: dict, message: str) -> None:
-    monkeypatch.setattr(train_mod, "train", lambda c: pytest.fail("trained"))
+def test_bad_fields_fail_before_training(tmp_path: Path, trainer, config: dict,
+                                         message: str) -> None:
+    trainer(lambda c: pytest.fail("trained"))
     with pytest.raises(ValueError, match=message):
         ablate({"configs": [{"name": "ok"}, config]}, out=tmp_path, log=lambda m: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_reuse_fails_before_training(tmp_path: Path, trainer) -> None:
+    trainer(lambda c: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="row 'nope'.*configurations: baseline, se"):
+        ablate(GRID, out=tmp_path / "out", reuse=[f"{tmp_path}:baseline=nope"],
+               log=lambda m: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -210,40 +325,51 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert "did you mean 'modules'" in capsys.readouterr().err
     assert main(["ablate", "--preset", "modules", "--set", "lr", "--out", str(tmp_path)]) == 2
     seen = {}
-    monkeypatch.setattr(ablate_mod, "ablate", lambda grid, **kw: seen.update(grid=grid, **kw))
+    monkeypatch.setattr(ablation, "ablate", lambda grid, **kw: seen.update(grid=grid, **kw))
     assert main(["ablate", "--preset", "placements", "--seeds", "0", "1", "--epochs", "2",
                  "--val-split", "5000", "--set", "lr=0.05", "--set", "schedule=step",
+                 "--results", "R", "--reuse", "M:baseline=none", "--baseline", "none",
                  "--out", str(tmp_path)]) == 0
     assert seen["grid"] == "placements" and seen["seeds"] == [0, 1] and seen["epochs"] == 2
     assert seen["overrides"] == {"lr": 0.05, "schedule": "step", "val_split": 5000}
-    monkeypatch.setattr(ablate_mod, "demo", lambda **kw: seen.update(demo=kw))
+    assert seen["results"] == "R" and seen["reuse"] == ["M:baseline=none"]
+    assert seen["baseline"] == "none"
+    monkeypatch.setattr(ablation, "demo", lambda **kw: seen.update(demo=kw))
     assert main(["demo", "--out", str(tmp_path / "d")]) == 0
     assert seen["demo"] == {"out": str(tmp_path / "d"), "epochs": None}
+    monkeypatch.setattr(ablation, "report", lambda d, **kw: seen.update(report=(d, kw)))
+    assert main(["report", "D", "--baseline", "b", "--costs", "c.json", "--reuse", "M:x=y",
+                 "--update", "README.md", "--out", "o.md", "--no-plot"]) == 0
+    assert seen["report"] == ("D", {"out": "o.md", "baseline": "b", "costs": "c.json",
+                                    "reuse": ["M:x=y"], "plot": False,
+                                    "update": "README.md", "name": None})
 
 
-def test_broken_explain_keeps_the_table(finished_ablation, tiny_folder: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnres.analysis.explain as explain_mod
-
-    out, _, cache, _ = finished_ablation
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no maps today")
-
-    monkeypatch.setattr(explain_mod, "explain", broken)
-    monkeypatch.setattr(train_mod, "train", lambda config: pytest.fail("trained"))
-    ablate(GRID, out=out, seeds=[0, 1], data=str(tiny_folder), epochs=1, batch_size=16,
-           overrides=_settings(tiny_folder, cache), latency=False, explain_maps=True,
-           log=lambda m: None)
-    report = (out / "results.md").read_text()
-    assert "| baseline |" in report and "| se |" in report
-    assert "attention maps failed: RuntimeError: no maps today" in report
-    assert "no maps today" in (out / "explain_error.txt").read_text()
-
-
-def test_missing_data_fails_before_training(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "train", lambda c: pytest.fail("trained"))
+def test_missing_data_fails_before_training(tmp_path: Path, trainer) -> None:
+    trainer(lambda c: pytest.fail("trained"))
     with pytest.raises(FileNotFoundError, match="did you mean 'digits'"):
         ablate("modules", out=tmp_path / "out", data="digitz", log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_measure_costs_in_one_process() -> None:
+    import torch
+
+    from attnres.ablation import measure_costs
+
+    configs = {"baseline": {"arch": "resnet20", "batch_size": 4},
+               "cbam": {"arch": "resnet20", "attention": "cbam", "preset": "last-stage",
+                        "batch_size": 4}}
+    costs = measure_costs(configs, image_size=8, num_classes=3, repeats=2, train_repeats=2,
+                          warmup=1, log=lambda m: None)
+    assert costs["threads"] == torch.get_num_threads() == costs["machine"]["torch_threads"]
+    assert costs["train_batch_size"] == [4] and costs["device"] == "cpu"
+    for name, settings in configs.items():
+        model = build_model("resnet20", attention=settings.get("attention"),
+                            preset=settings.get("preset"), num_classes=3)
+        row = costs["configs"][name]
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+        assert row["flops"] == count_flops(model, (1, 3, 8, 8))
+        assert row["train_images_per_s"] == pytest.approx(4 / (row["train_step_ms"] / 1e3))
+        assert row["latency_ms"] > 0 and row["peak_train_mem_mb"] > 0
+    json.dumps(costs)  # JSON-able as written

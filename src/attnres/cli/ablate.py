@@ -1,4 +1,5 @@
-"""`attnres ablate`: train a grid of configurations x seeds and write an honest table."""
+"""`attnres ablate`: train the missing runs of a grid of configurations x seeds and write
+an honest table."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ablate", help="train a grid of configurations x seeds; write results.md/.csv/.png",
         description="Train every configuration of a preset or TOML grid with every seed "
-                    "(runs already finished under --out are skipped), then write "
-                    "results.md, results.csv and accuracy_vs_latency.png.")
+                    "(runs already finished under --results or --out are skipped; a "
+                    "finished run with another recipe is refused), measure the costs in one "
+                    "process (costs.json), then write results.md, results.csv and "
+                    "results.png (see `attnres report`).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", help="named grid: modules (baseline/SE/ECA/CBAM/BAM) or "
                                         "placements (CBAM presets)")
@@ -32,9 +35,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other TrainConfig field for every run, e.g. "
                              "--set warmup_epochs=0.2 (value parsed as JSON, else text)")
-    parser.add_argument("--out", required=True, help="folder for the runs and the report")
+    parser.add_argument("--out", required=True, help="folder for the training runs "
+                                                     "(checkpoints)")
+    parser.add_argument("--results", default=None, metavar="DIR",
+                        help="results folder: each finished run's summary.json, metrics.csv "
+                             "and config.json are copied to DIR/<config>-s<seed>/, and the "
+                             "report is written there (default: --out)")
+    parser.add_argument("--reuse", action="append", default=[],
+                        metavar="FOLDER:CONFIG=ROW,...",
+                        help="rows taken from another results folder instead of trained, "
+                             "e.g. docs/results/modules:baseline=none,cbam=all")
+    parser.add_argument("--baseline", default=None, metavar="NAME",
+                        help="row the differences are taken to (default: the one without "
+                             "attention)")
     parser.add_argument("--no-latency", action="store_true",
-                        help="skip the latency timing (no plot)")
+                        help="skip measuring the costs (latency, training speed, memory)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the Grad-CAM / attention-map grid")
     parser.set_defaults(func=run)
@@ -56,7 +71,7 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnres.ablate import ablate
+    from attnres.ablation import ablate
 
     overrides = parse_settings(args.set)
     if args.val_split is not None:
@@ -68,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs {args.epochs}: must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
-    ablate(args.preset or args.grid, out=args.out, seeds=args.seeds, data=args.data,
+    ablate(args.preset or args.grid, out=args.out, results=args.results, reuse=args.reuse,
+           baseline=args.baseline, seeds=args.seeds, data=args.data,
            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
            overrides=overrides, latency=not args.no_latency, explain_maps=not args.no_explain)
     return 0

@@ -13,12 +13,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "under --out.")
     parser.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per run (default: attnres.ablate.DEMO_EPOCHS)")
+                        help="epochs per run (default: attnres.ablation.DEMO_EPOCHS)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnres.ablate import demo
+    from attnres.ablation import demo
 
     demo(out=args.out, epochs=args.epochs)
     return 0

@@ -1,0 +1,72 @@
+"""The report's plot: each configuration's per-seed top-1 and its 95% interval against its
+measured cost (batch-1 latency relative to the baseline; parameters when no costs)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from ..utils import atomic_write
+
+
+def _dodge(xs: list[float]) -> list[float]:
+    """`xs` with values closer than 3% of their span moved apart to 3%, in order."""
+    span = (max(xs) - min(xs)) or 1.0
+    out = list(xs)
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    for prev, cur in zip(order, order[1:]):
+        out[cur] = max(out[cur], out[prev] + 0.03 * span)
+    return out
+
+
+def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> bool:
+    """Draw `tables.build_rows` rows to the PNG `path`; False (nothing written) for no rows.
+
+    Names are in a legend beside the axes, never on the points, so they cannot overlap.
+    """
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_latency = all(r["latency_ratio"] is not None for r in rows)
+    if not by_latency and any(r["params"] is None for r in rows):
+        return False
+    base = rows[0]["baseline"]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    colors = plt.get_cmap("tab10").colors
+    markers = "osD^vP*Xhp"
+    xs = _dodge([r["latency_ratio"] if by_latency else r["params"] / 1e3 for r in rows])
+    span = (max(xs) - min(xs)) or 1.0
+    for i, (row, x) in enumerate(zip(rows, xs)):
+        color, marker = colors[i % len(colors)], markers[i % len(markers)]
+        values = [row["top1_per_seed"][s] for s in row["seeds"]]
+        # the seeds just left of their interval, so that the bar does not hide them
+        if len(values) > 1:
+            ax.scatter([x - 0.012 * span] * len(values), values, s=18, color=color,
+                       marker=marker, alpha=0.6, linewidths=0, zorder=2)
+        est = row["top1"]
+        if est.ci_low is not None:
+            ax.errorbar([x], [est.mean], yerr=[[est.mean - est.ci_low], [est.ci_high - est.mean]],
+                        fmt="none", ecolor=color, elinewidth=2, capsize=5, zorder=3)
+        ax.scatter([x], [est.mean], s=70, color=color, marker=marker, edgecolors="black",
+                   linewidths=0.8, zorder=4, label=f"{row['label']} (n={row['n']})")
+    ax.set_xlabel(f"batch-1 inference latency (× {base})" if by_latency
+                  else "parameters (thousands)")
+    ax.set_ylabel("val top-1 %, last epoch")
+    ax.set_title("per-seed runs (small), mean with 95% t interval (large)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+              borderaxespad=0.0)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return True
+
+
+__all__ = ["plot_rows"]
