@@ -7,13 +7,15 @@ from, BN written out as its formula in float64, and top-1 counted here by hand.
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnres.attention import SKConv
+from attnres.attention import AttentionSpec, SKConv, registry
 from attnres.cli import main
 from attnres.data import ImageData, ImageSet
 from attnres.export import (
@@ -166,7 +168,7 @@ def check_onnx_graph(path, attention: str) -> None:
         assert "ReduceMax" in ops
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [ARCHS[0], pytest.param(ARCHS[1], marks=pytest.mark.slow)])
 @pytest.mark.parametrize("attention", ATTENTION)
 def test_onnx_torchscript_exporter_dynamic_shapes(tmp_path, arch, attention):
     pytest.importorskip("onnx")
@@ -180,6 +182,7 @@ def test_onnx_torchscript_exporter_dynamic_shapes(tmp_path, arch, attention):
     assert (run_onnx(path, x) - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 
+@pytest.mark.slow
 def test_onnx_dynamo_exporter_with_metadata_and_report(tmp_path):
     onnx = pytest.importorskip("onnx")
     model = model_for("resnet20", "cbam")
@@ -199,6 +202,7 @@ def test_onnx_dynamo_exporter_with_metadata_and_report(tmp_path):
 
 # ----------------------------------------------------------------------------- pt2
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "attention", "shapes"), [
     ("resnet20", "cbam", [(1, 3, 48, 48), (3, 3, 33, 17), (2, 3, 32, 32)]),  # odd: pad shortcut
     ("resnet18", "bam", [(1, 3, 48, 48), (2, 3, 96, 72)])])
@@ -216,8 +220,40 @@ def test_pt2_program_with_dynamic_batch_and_size(tmp_path, arch, attention, shap
             assert (program(x) - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 
+def usual_mode() -> int:
+    """What `open()` gives a new file: 0o666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomise_bn(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(4, 10))).eval()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_files_are_written_whole_with_the_usual_permissions(tmp_path, fmt):
+    out = tmp_path / "new" / f"m.{fmt}"
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        report = export_onnx(small_net(), out, image_size=8, exporter="torchscript")
+    else:
+        report = export_pt2(small_net(), out, image_size=8)
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary left behind
+    assert stat.S_IMODE(out.stat().st_mode) == usual_mode()
+    assert report["size_bytes"] == out.stat().st_size
+    if report.get("verified"):
+        assert report["max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="is a folder"):
+        (export_onnx if fmt == "onnx" else export_pt2)(small_net(), tmp_path, image_size=8)
+
+
 # ----------------------------------------------------------------------------- int8
 
+@pytest.mark.slow
 def test_int8_quantizes_convs_keeps_gates_fp32_and_round_trips(tmp_path):
     images = torch.randn(96, 3, 32, 32)
     model = calibrated("resnet20", "cbam", images)
@@ -230,8 +266,38 @@ def test_int8_quantizes_convs_keeps_gates_fp32_and_round_trips(tmp_path):
         ref, out = model(x), q(x)
     assert (out - ref).norm() / ref.norm() < 0.1  # 8-bit noise, not a different function
     save_int8(q, tmp_path / "q.pt")
+    assert stat.S_IMODE((tmp_path / "q.pt").stat().st_mode) == usual_mode()
     with torch.no_grad():
         assert torch.equal(load_int8(tmp_path / "q.pt")(x), out)
+
+
+class ToyGate(nn.Module):
+    """A gate no exporter has heard of: `(B, C, H, W) -> (B, C, H, W)`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(x))
+
+
+def test_int8_keeps_every_registered_attention_module_fp32(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), ToyGate(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    images = torch.randn(32, 3, 8, 8)
+
+    def quantized_convs(q: nn.Module) -> list[str]:
+        return sorted(n for n, m in q.named_modules() if "quantized" in type(m).__module__
+                      and "Conv" in type(m).__name__)
+
+    unregistered = quantize_int8(model, images)
+    assert unregistered.fp32_modules == [] and "2.conv" in quantized_convs(unregistered)
+    monkeypatch.setitem(registry._REGISTRY, "toy", AttentionSpec("toy", ToyGate))
+    q = quantize_int8(model, images)
+    assert q.fp32_modules == ["2"]  # read from the registry, not from a list in export
+    assert quantized_convs(q) == ["0"] and type(q.get_submodule("2.conv")) is nn.Conv2d
 
 
 def tiny_data(n_train: int = 64, n_val: int = 40, seed: int = 0) -> ImageData:
@@ -245,6 +311,7 @@ def tiny_data(n_train: int = 64, n_val: int = 40, seed: int = 0) -> ImageData:
                      (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 16, "small", "tiny")
 
 
+@pytest.mark.slow
 def test_export_model_int8_reports_top1_counted_independently(tmp_path):
     data = tiny_data()
     mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)

@@ -1,4 +1,5 @@
-"""Infrastructure every layer shares: the one atomic writer, "did you mean", device choice.
+"""Infrastructure every layer shares: the one atomic writer, "did you mean", device choice,
+interleaved timing.
 
 This module sits below `attention` in the import order: it imports nothing from attnres.
 """
@@ -9,7 +10,9 @@ import difflib
 import io
 import json
 import os
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,4 +107,29 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
-__all__ = ["atomic_write", "atomic_write_json", "closest", "resolve_device"]
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
+                     repeats: int = 20) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns (A B C A B C ...), so that
+    every candidate sees the same machine state. CUDA work is waited for after each call."""
+    import torch
+
+    def sync() -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+__all__ = ["atomic_write", "atomic_write_json", "closest", "resolve_device",
+           "time_interleaved"]

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,28 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
-                     repeats: int = 20) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turns (A B C A B C ...)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    _sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            _sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
+from ..utils import time_interleaved  # re-exported: its callers import it from here
 
 # attnres architecture -> timm architecture with the same blocks (timm puts its `attn_layer`
 # where attnres's `block` placement does: after the block's last norm, before the add).
