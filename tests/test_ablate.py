@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import attnres.ablate as ablate_mod
-import attnres.train as train_mod
+import attnres.training as train_mod
 from attnres.ablate import PRESETS, ablate, load_grid
 from attnres.analysis.profile import FLOP_COUNTER
 from attnres.cli import main
 from attnres.models import build_model
+
+# the module (`attnres.ablate` is the function of the same name)
+ablate_mod = importlib.import_module("attnres.ablate")
 
 GRID = {"configs": [{"name": "baseline"}, {"name": "se", "attention": "se"}],
         "defaults": {"arch": "resnet20"}}

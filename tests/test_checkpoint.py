@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnres.models import build_model
-from attnres.train import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from attnres.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 
 
 def test_roundtrip_and_no_temporary_files_left(tmp_path):
@@ -76,7 +76,7 @@ def test_killing_the_writer_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     script = textwrap.dedent(f"""
         import sys, torch
-        from attnres.train import save_checkpoint
+        from attnres.checkpoint import save_checkpoint
         i = 0
         while True:
             save_checkpoint({{"w": torch.full((2048, 1024), float(i)), "i": i}}, {str(path)!r})

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from attnres.models import build_model
-from attnres.train import load_checkpoint, load_model
+from attnres.checkpoint import load_checkpoint, load_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import tiny_cli_args, tiny_data, tiny_dataset  # noqa: E402, F401

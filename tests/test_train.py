@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 
 import attnres.data
+from attnres.checkpoint import load_checkpoint, load_model
 from attnres.models import build_model
-from attnres.train import (
+from attnres.training import (
     NonFiniteLossError,
     TrainConfig,
     attention_parameter_names,
-    load_checkpoint,
-    load_model,
     lr_factor,
     param_groups,
     train,

@@ -13,7 +13,7 @@ A grid is a named preset (`modules`, `placements`) or a TOML file:
     attention = "cbam"
     preset = "last-stage"
 
-Every configuration x seed is one `attnres.train.train` run; a run whose `summary.json`
+Every configuration x seed is one `attnres.train` run; a run whose `summary.json`
 says `finished` is not trained again, so an interrupted ablation resumes where it stopped.
 The report (`results.md`, `results.csv`, `accuracy_vs_latency.png`) gives validation
 accuracy as mean +- sample std over seeds next to the costs: parameters, FLOPs, inference
@@ -162,7 +162,7 @@ def _check_names(grid: Grid) -> None:
 
 
 def _train_fields() -> tuple[type, set[str]]:
-    from attnres.train import TrainConfig
+    from attnres.training import TrainConfig
     return TrainConfig, {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -301,7 +301,7 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     per configuration, the rows of `results.csv` (accuracies in the units of
     `summary.json`; `top1_per_seed` as a list).
     """
-    from attnres.train import train
+    from attnres.training import train
 
     grid = load_grid(grid)
     _check_names(grid)
@@ -317,7 +317,7 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     out = Path(out)
 
     # Validate every configuration before training the first one.
-    from attnres.train import validate_config
+    from attnres.training import validate_config
     plans = [(config, _run_settings(grid, config, common, fields)) for config in grid.configs]
     for config, settings in plans:
         config_0 = TrainConfig(**settings, seed=seeds[0],
@@ -353,7 +353,7 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
             summaries[config["name"]].append(summary)
 
     rows = _aggregate(plans, summaries, seeds)
-    from attnres.train import load_model
+    from attnres.checkpoint import load_model
     models = {config["name"]: load_model(out / f"{config['name']}-s{seeds[0]}" / "last.pt")
               for config, _ in plans}
     image_size = int(next(iter(models.values())).preprocessing["image_size"])
