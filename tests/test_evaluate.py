@@ -78,8 +78,11 @@ def test_evaluate_batches_normalises_and_restores_mode():
     assert result["loss"] == pytest.approx(want["loss"], rel=1e-6)
     with pytest.raises(ValueError, match="split"):
         evaluate(model, data, split="test")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        evaluate(model, data, device="tpu")
 
 
+@pytest.mark.slow
 def test_evaluate_real_model_on_digits():
     from attnres.models import build_model
 
