@@ -21,6 +21,7 @@ from attnres.attention import list_attention
 from attnres.cli import main
 from attnres.models import build_model
 
+
 GRID = {"configs": [{"name": "baseline"}, {"name": "se", "attention": "se"}],
         "defaults": {"arch": "resnet20"}}
 RUN_FILES = ["config.json", "metrics.csv", "summary.json"]

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic saving (even when the writer is killed), safe and clear loading,
-and `load_model` rebuilding a model from a checkpoint alone."""
+`load_model` rebuilding a model from a checkpoint alone (checkpoints of earlier versions
+too), and reading a run folder's files."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ import time
 import pytest
 import torch
 
+from attnres.checkpoint import (
+    CheckpointError,
+    checkpoint_file,
+    load_checkpoint,
+    load_model,
+    read_checkpoint_config,
+    read_metrics,
+    read_summary,
+    save_checkpoint,
+)
 from attnres.models import build_model
-from attnres.train import CheckpointError, load_checkpoint, load_model, save_checkpoint
 
 
 def test_roundtrip_and_no_temporary_files_left(tmp_path):
@@ -70,13 +80,14 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_killing_the_writer_leaves_a_whole_checkpoint(tmp_path):
     """A writer saving ~8 MB checkpoints in a loop (so that most moments fall inside a
     save) is SIGKILLed; the file on disk is one complete checkpoint, all from one save."""
     path = tmp_path / "last.pt"
     script = textwrap.dedent(f"""
         import sys, torch
-        from attnres.train import save_checkpoint
+        from attnres.checkpoint import save_checkpoint
         i = 0
         while True:
             save_checkpoint({{"w": torch.full((2048, 1024), float(i)), "i": i}}, {str(path)!r})
@@ -125,3 +136,91 @@ def test_load_model_rejects_plain_state_dicts(tmp_path):
     os.makedirs(tmp_path / "empty-run")
     with pytest.raises(FileNotFoundError, match="best.pt"):
         load_model(tmp_path / "empty-run")
+
+
+# The options as attnres 0.1's train.py stored them (before `recipe` existed).
+OLD_CONFIG = {
+    "arch": "resnet20", "attention": "se", "placement": "block", "stages": [2, 3],
+    "blocks": None, "preset": None, "attention_kwargs": {"reduction": 4}, "pretrained": None,
+    "data": "digits", "val_split": None, "split_seed": 0, "image_size": 16, "cache_dir": None,
+    "epochs": 3, "batch_size": 32, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+    "weight_decay": 5e-4, "label_smoothing": 0.1, "schedule": "cosine", "warmup_epochs": 1.0,
+    "step_milestones": [0.5, 0.75], "step_gamma": 0.1, "attention_lr_mult": 1.0, "seed": 0,
+    "device": "auto", "amp": False, "amp_dtype": "bfloat16", "channels_last": True,
+    "compile": False, "deterministic": False, "out": "runs/old", "resume": None,
+    "monitor": False, "skip_nonfinite": 0, "tensorboard": True, "quiet": False,
+}
+
+
+def old_training_checkpoint(model: torch.nn.Module) -> dict:
+    """A checkpoint in the exact layout the 0.1 trainer wrote, built here field by field."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    optimizer.step()  # so that the optimizer state holds momentum buffers
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    row = {"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_top1": 20.0, "val_loss": 2.1,
+           "val_top1": 25.0, "val_top5": 60.0, "train_images": 64,
+           "train_step_time_s": 0.5, "epoch_time_s": 0.7, "train_images_per_s": 128.0}
+    keys = torch.randint(0, 2**31, (624,), dtype=torch.int64)
+    return {"format": 1, "model": model.state_dict(), "build_args": dict(model.build_args),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+            "epoch": 1, "batch": 0, "partial": [0.0, 0.0, 0.0, 0.0],
+            "rng": {"torch": torch.get_rng_state(), "cuda": [],
+                    "numpy": {"keys": keys, "pos": 624, "has_gauss": 0,
+                              "cached_gaussian": 0.0},
+                    "python": [3, list(range(625)), None]},
+            "config": dict(OLD_CONFIG),
+            "preprocessing": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
+                              "image_size": 16, "classes": [str(i) for i in range(10)]},
+            "metrics": [row], "nonfinite_steps": 0, "world_size": 1}
+
+
+def test_checkpoints_of_the_previous_version_still_load(tmp_path):
+    from attnres.training import TrainConfig
+    from attnres.training.resume import resolve_resume
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", attention="se", placement="block", stages=[2, 3],
+                        num_classes=10, attention_kwargs={"reduction": 4})
+    ckpt = old_training_checkpoint(model)
+    run = tmp_path / "old"
+    run.mkdir()
+    for name in ("best.pt", "last.pt"):  # written by torch.save itself, not this version
+        torch.save(ckpt, run / name)
+
+    loaded = load_model(run)
+    model.eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.preprocessing == ckpt["preprocessing"]
+    assert read_checkpoint_config(run) == OLD_CONFIG
+    # a run of the previous version resumes: the options it lacks take their defaults
+    config, resumed = resolve_resume(TrainConfig(resume=str(run)))
+    assert config.recipe is None and config.attention == "se" and config.stages == [2, 3]
+    assert config.out == str(run) and resumed["epoch"] == 1
+
+
+def test_checkpoint_file_of_a_run_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no best.pt or last.pt"):
+        checkpoint_file(run)
+    (run / "last.pt").write_bytes(b"")
+    assert checkpoint_file(run) == run / "last.pt"
+    (run / "best.pt").write_bytes(b"")
+    assert checkpoint_file(run) == run / "best.pt"
+    assert checkpoint_file(run, names=("last.pt",)) == run / "last.pt"
+    assert checkpoint_file(run / "other.pt") == run / "other.pt"  # a file: as it is
+
+
+def test_reading_a_real_run_folder(reference_run, tmp_path):
+    last = load_checkpoint(reference_run / "last.pt")
+    assert read_metrics(reference_run) == last["metrics"]  # the csv holds the same numbers
+    summary = read_summary(reference_run)
+    assert summary["config"] == last["config"] == read_checkpoint_config(reference_run)
+    assert summary["epochs"] == len(last["metrics"]) and summary["finished"] is True
+    assert read_summary(tmp_path) is None and read_metrics(tmp_path) == []
+    (tmp_path / "summary.json").write_text("{not json")
+    assert read_summary(tmp_path) is None

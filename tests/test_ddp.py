@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from attnres.models import build_model
-from attnres.train import load_checkpoint, load_model
+from attnres.checkpoint import load_checkpoint, load_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_train import tiny_cli_args, tiny_data, tiny_dataset  # noqa: E402, F401
+from tiny_run import tiny_cli_args, tiny_dataset  # noqa: E402
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_identical_weights(tiny_data, tmp_path):  # noqa: F811
+def test_two_processes_end_with_identical_weights(tiny_data, tmp_path):
     # 33 validation images in batches of 16: rank 0 gets 17 (2 batches), rank 1 gets 16
     # (1 batch); the unequal batch counts must not hang, and each image counts once
     saved_data = torch.load(tiny_data, weights_only=True)

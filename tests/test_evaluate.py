@@ -1,4 +1,4 @@
-"""attnres.evaluate: metrics against hand computations, the confusion PNG, `attnres eval`."""
+"""attnres.evaluation: metrics against hand computations, the confusion PNG, `attnres eval`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn as nn
 from PIL import Image
 
 from attnres.data import ImageData, ImageSet, load_dataset
-from attnres.evaluate import evaluate, metrics_from_logits, save_confusion_png
+from attnres.evaluation import evaluate, metrics_from_logits, save_confusion_png
 
 # 7 classes (so top-5 is a real top-5), 4 samples, logits chosen so the ranks are obvious
 LOGITS = torch.tensor([
@@ -78,8 +78,11 @@ def test_evaluate_batches_normalises_and_restores_mode():
     assert result["loss"] == pytest.approx(want["loss"], rel=1e-6)
     with pytest.raises(ValueError, match="split"):
         evaluate(model, data, split="test")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        evaluate(model, data, device="tpu")
 
 
+@pytest.mark.slow
 def test_evaluate_real_model_on_digits():
     from attnres.models import build_model
 
@@ -105,7 +108,7 @@ def test_confusion_png(tmp_path):
 @pytest.fixture
 def checkpoint(tmp_path):
     from attnres.models import build_model
-    from attnres.train import save_checkpoint
+    from attnres.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10)
@@ -121,7 +124,7 @@ def checkpoint(tmp_path):
 
 
 def test_evaluate_checkpoint_uses_checkpoint_preprocessing_and_split(checkpoint):
-    from attnres.evaluate import evaluate_checkpoint
+    from attnres.evaluation import evaluate_checkpoint
 
     run, model, prep = checkpoint
     result = evaluate_checkpoint(run)

@@ -14,7 +14,7 @@ from attnres.analysis.explain import explain, grad_cam
 from attnres.attention import attention_spec, list_attention
 from attnres.cli import main
 from attnres.models import build_model
-from attnres.train import save_checkpoint
+from attnres.checkpoint import save_checkpoint
 
 CLASSES = [f"class{i}" for i in range(4)]
 SIZE = 16

@@ -1,10 +1,16 @@
-"""The README's claims that code can check: its first Python block runs, it starts with the
-two commands, and its architecture table is what `attnres models` prints."""
+"""The README's claims that code can check: every Python block runs (in order, in one
+namespace, as a reader would paste them), it starts with the two commands, its
+architecture table is what `attnres models` prints, and every `attnres.X` it names exists."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
+
+import pytest
+import torch
+import torchvision
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,8 +25,45 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert commands == ["make demo", "make test"]
 
 
-def test_first_python_block_runs() -> None:
-    exec(compile(blocks("python")[0], str(README), "exec"), {})
+def offline_downloads(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for what the pretrained block downloads or names: torchvision's ResNet-50
+    weights in torch's cache (random values, torchvision's own keys) and the CBAM authors'
+    checkpoint file (random values in their key layout, see reference_cbam_authors.py)."""
+    from reference_cbam_authors import AuthorsResNet, authors_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(folder / "torch"))
+    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    cache = folder / "torch" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    cache.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50().state_dict(), cache)
+    torch.save(authors_checkpoint(AuthorsResNet(50)), folder / "RESNET50_CBAM_new_name_wrap.pth")
+
+
+@pytest.mark.slow
+def test_every_python_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = blocks("python")
+    assert len(code) >= 3
+    monkeypatch.chdir(tmp_path)  # the blocks write runs/ where they run
+    offline_downloads(tmp_path, monkeypatch)
+    namespace: dict = {}
+    for i, block in enumerate(code):
+        exec(compile(block, f"{README}, python block {i + 1}", "exec"), namespace)
+
+
+def test_every_attnres_name_exists() -> None:
+    """Names in code spans and blocks (`attnres.train`, `attnres.models.cbam_authors_model`)."""
+    names = set(re.findall(r"\battnres((?:\.[A-Za-z_]\w*)+)", README.read_text()))
+    assert "train" in {n.split(".")[1] for n in names}
+    for dotted in sorted(names):
+        obj, done = importlib.import_module("attnres"), "attnres"
+        for part in dotted.strip(".").split("."):
+            if not hasattr(obj, part) and isinstance(obj, type(importlib)):
+                try:  # a submodule not imported yet
+                    importlib.import_module(f"{done}.{part}")
+                except ModuleNotFoundError:
+                    pass
+            assert hasattr(obj, part), f"the README names attnres{dotted}: no {part!r} in {done}"
+            obj, done = getattr(obj, part), f"{done}.{part}"
 
 
 def test_architecture_table_is_current() -> None:

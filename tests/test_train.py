@@ -1,14 +1,14 @@
-"""Training: recipe pieces, the run folder, determinism, resume after SIGKILL/SIGINT,
-non-finite losses and argument validation.
+"""Training: recipe pieces, named recipes, the run folder, determinism, resume after
+SIGKILL/SIGINT, non-finite losses and argument validation.
 
-Most runs use a tiny slice of the real digits data (96 training, 64 validation images at
-8x8, 3 steps per epoch) saved to a file that a patched `load_dataset` reads, so that
-subprocesses start without scikit-learn.
+Most runs are the tiny run of tiny_run.py (fixtures `tiny_data` and `reference_run` in
+conftest.py).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import math
@@ -23,20 +23,19 @@ import torch
 import torch.nn.functional as F
 
 import attnres.data
+from attnres.checkpoint import load_checkpoint, load_model
 from attnres.models import build_model
-from attnres.train import (
+from attnres.training import (
+    RECIPES,
     NonFiniteLossError,
     TrainConfig,
     attention_parameter_names,
-    load_checkpoint,
-    load_model,
     lr_factor,
     param_groups,
     train,
     validate_config,
 )
-
-STEPS_PER_EPOCH = 3  # 96 training images, batch 32
+from tiny_run import STEPS_PER_EPOCH, run_tiny, tiny_cli_args, tiny_dataset
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,62 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_dataset(spec, **kwargs):
-    """Stand-in for `attnres.data.load_dataset`: the ImageData saved in the file `spec`."""
-    import torch
-
-    import attnres.data
-
-    saved = torch.load(spec, weights_only=True)
-    return attnres.data.ImageData(
-        train=attnres.data.ImageSet(saved["train_images"], saved["train_labels"]),
-        val=attnres.data.ImageSet(saved["val_images"], saved["val_labels"]),
-        classes=list(saved["classes"]), mean=tuple(saved["mean"]), std=tuple(saved["std"]),
-        image_size=8, kind="small", name="tiny-digits")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    data = attnres.data.load_dataset("digits", image_size=8)
-    path = tmp_path_factory.mktemp("data") / "tiny-digits.pt"
-    torch.save({"train_images": data.train.images[:96].clone(),
-                "train_labels": data.train.labels[:96].clone(),
-                "val_images": data.val.images[:64].clone(),
-                "val_labels": data.val.labels[:64].clone(),
-                "classes": list(data.classes), "mean": list(data.mean),
-                "std": list(data.std)}, path)
-    return path
-
-
-def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(arch="resnet20", attention="cbam", data=str(data), epochs=2, batch_size=32,
-                  lr=0.05, warmup_epochs=0.5, seed=0, out=str(out), quiet=True,
-                  tensorboard=False)
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-# The same run through the CLI, for subprocesses
-def tiny_cli_args(data: Path, out: Path) -> list[str]:
-    return ["train", "--arch", "resnet20", "--attention", "cbam", "--data", str(data),
-            "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--warmup-epochs", "0.5",
-            "--seed", "0", "--out", str(out), "--quiet", "--no-tensorboard"]
-
-
-def run_tiny(data: Path, out: Path, **overrides) -> dict:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(attnres.data, "load_dataset", tiny_dataset)
-        return train(tiny_config(data, out, **overrides))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tiny_data, tmp_path_factory) -> Path:
-    """An uninterrupted 2-epoch run, seed 0."""
-    out = tmp_path_factory.mktemp("runs") / "reference"
-    run_tiny(tiny_data, out)
-    return out
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -152,8 +95,81 @@ def test_param_groups_decay_and_attention_lr():
         assert group["lr"] == pytest.approx(0.3 if ".attn." in name else 0.1), name
 
 
+def test_attention_parameters_come_from_the_registry():
+    from attnres.attention import create_attention
+    from attnres.models import insert_attention
+
+    # a registered gate under a name without "attn": found through the registry alone
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), create_attention("cbam", 8))
+    assert attention_parameter_names(model) == {f"1.{n}" for n, _ in model[1].named_parameters()}
+    # a model that is itself a gate
+    gate = create_attention("se", 16)
+    assert attention_parameter_names(gate) == {n for n, _ in gate.named_parameters()}
+    # SK convolutions replace the block's own convolution: backbone, not attention
+    assert attention_parameter_names(build_model("skresnet50", num_classes=10)) == set()
+    # inserted identity-init gates: the wrapper's scale is attention too
+    tv = build_model("resnet18", num_classes=10)
+    insert_attention(tv, "se", at=["layer1:before", "layer4:after"], init="identity")
+    expected = {n for n, _ in tv.named_parameters() if ".attn_before." in n
+                or ".attn_after." in n}
+    assert any(n.endswith(".scale") for n in expected)
+    assert attention_parameter_names(tv) == expected
+
+
+# The 15-epoch CIFAR-10 grid's recipe, written out independently of attnres.training.RECIPES.
+CIFAR_FAST = dict(arch="resnet20", epochs=15, batch_size=128, lr=0.1, momentum=0.9,
+                  nesterov=True, weight_decay=5e-4, label_smoothing=0.1, schedule="cosine",
+                  warmup_epochs=1.0, amp=True, channels_last=True)
+
+
+def cli_config(*argv: str) -> TrainConfig:
+    from attnres.cli import build_parser
+    from attnres.cli.train import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_recipe_gives_exactly_its_values_and_flags_override_them():
+    assert RECIPES["cifar-fast"] == CIFAR_FAST
+    config = cli_config("--recipe", "cifar-fast")
+    assert config == TrainConfig(**CIFAR_FAST, recipe="cifar-fast")  # the rest: defaults
+    validate_config(config)
+    config = cli_config("--recipe", "cifar-fast", "--epochs", "3", "--no-amp", "--lr", "0.05",
+                        "--attention", "se")
+    assert config == TrainConfig(**{**CIFAR_FAST, "epochs": 3, "amp": False, "lr": 0.05},
+                                 attention="se", recipe="cifar-fast")
+    assert cli_config("--epochs", "3").recipe is None
+
+
+def test_unknown_recipe_is_a_one_line_error_with_the_closest_name(capsys):
+    from attnres.cli import main
+
+    assert main(["train", "--recipe", "cifar-fats", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'cifar-fats'" in err and "did you mean 'cifar-fast'" in err
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        validate_config(TrainConfig(recipe="nope"))
+
+
+def test_recipe_is_recorded_in_config_json(tiny_data, tmp_path):
+    out = tmp_path / "recipe"
+    run_tiny(tiny_data, out, epochs=1, recipe="cifar-fast")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["recipe"] == "cifar-fast"
+    assert saved == dataclasses.asdict(TrainConfig(**saved))
+
+
+def test_resume_of_a_missing_run_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"resume=.*no-run.*not found"):
+        train(TrainConfig(resume=str(tmp_path / "no-run"), quiet=True))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"resume=.*holds no last\.pt"):
+        train(TrainConfig(resume=str(tmp_path / "empty"), quiet=True))
+
+
 # ------------------------------------------------------------------ a real run, end to end
 
+@pytest.mark.slow
 def test_cli_run_on_digits_writes_run_folder(tmp_path, capsys):
     from attnres.cli import main
 
@@ -271,6 +287,7 @@ def interrupted_run(data: Path, out: Path, signal_name: str, at_step: int) -> in
     return result.returncode
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_data, reference_run,
                                                            tmp_path):
     out = tmp_path / "killed"
@@ -293,6 +310,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_data, reference
     assert json.loads((out / "summary.json").read_text())["finished"] is True
 
 
+@pytest.mark.slow
 def test_sigint_saves_mid_epoch_and_resume_is_exact(tiny_data, reference_run, tmp_path):
     out = tmp_path / "interrupted"
     rc = interrupted_run(tiny_data, out, "SIGINT", at_step=STEPS_PER_EPOCH + 1)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import load_checkpoint
 from ..utils import atomic_write, atomic_write_json, closest
 from .costs import measure_costs
 from .grid import Grid, check_names, dedupe, load_grid, run_settings
@@ -32,9 +33,9 @@ from .tables import report
 
 
 def _trainer() -> ModuleType:
-    """`attnres.train` (TrainConfig, validate_config, train, load_checkpoint); looked up when
+    """`attnres.training` (TrainConfig, validate_config, train); looked up when
     called, so that tests can replace `train`."""
-    return importlib.import_module("attnres.train")
+    return importlib.import_module("attnres.training")
 
 
 def _check_data(spec: str) -> None:
@@ -161,7 +162,7 @@ def _data_facts(plans: list[tuple[str, dict[str, Any], dict[str, Any]]], seeds: 
             for file in ("last.pt", "best.pt"):
                 path = out / f"{name}-s{seed}" / file
                 if path.is_file():
-                    ckpt = trainer.load_checkpoint(path)
+                    ckpt = load_checkpoint(path)
                     return (int(ckpt["build_args"]["num_classes"]),
                             int(ckpt["preprocessing"]["image_size"]))
     from ..data import load_dataset

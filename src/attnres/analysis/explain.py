@@ -146,7 +146,7 @@ def _named_models(checkpoints: Sequence[Any], device: torch.device
         path = Path(item)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-        from ..train import load_model  # the training module is only needed for files
+        from ..checkpoint import load_model
 
         # `runs/cbam/best.pt` -> "cbam/best": the run folder tells models apart
         if path.is_dir():
@@ -302,7 +302,7 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
 
     Args:
         checkpoints: checkpoint files written by `attnres train` (loaded with
-            `attnres.train.load_model`) or models (`nn.Module`, optionally carrying
+            `attnres.load_model`) or models (`nn.Module`, optionally carrying
             `preprocessing`; ImageNet mean/std and 224 px otherwise).
         images: image files (or `(H, W, 3)` uint8 RGB arrays); None: scikit-image's sample
             photographs (chelsea, astronaut, coffee, rocket).

@@ -4,8 +4,9 @@ an honest table."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from .options import parse_key_values
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                        "default)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other TrainConfig field for every run, e.g. "
-                             "--set warmup_epochs=0.2 (value parsed as JSON, else text)")
+                             "--set warmup_epochs=0.2 (a Python or JSON literal, else text)")
     parser.add_argument("--out", required=True, help="folder for the training runs "
                                                      "(checkpoints)")
     parser.add_argument("--results", default=None, metavar="DIR",
@@ -56,17 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_settings(items: list[str]) -> dict[str, Any]:
-    """`["lr=0.05", "schedule=step"]` -> `{"lr": 0.05, "schedule": "step"}`."""
+    """`["lr=0.05", "schedule=step"]` -> `{"lr": 0.05, "schedule": "step"}` (the grammar of
+    `attnres.cli.options`)."""
     settings: dict[str, Any] = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. warmup_epochs=0.2")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        settings[key.strip().replace("-", "_")] = value
+        settings.update(parse_key_values(item, "--set", example="warmup_epochs=0.2"))
     return settings
 
 

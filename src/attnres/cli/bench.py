@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train import parse_kwargs
+from .options import parse_key_values
 
 HELP = "time a network with attention against the plain one (and timm's), same run"
 
@@ -43,7 +43,8 @@ def run_bench(args: argparse.Namespace) -> int:
                    compare=tuple(args.compare), repeats=args.repeats, warmup=args.warmup,
                    channels_last=args.channels_last, threads=args.threads,
                    placement=args.placement, impl=args.impl,
-                   attention_kwargs=parse_kwargs(args.attention_kwargs) or None)
+                   attention_kwargs=parse_key_values(args.attention_kwargs,
+                                                    "--attention-kwargs") or None)
     print(format_bench(result))
     if args.json:
         write_json(args.json, result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train import parse_kwargs
+from .options import parse_key_values
 
 HELP = "parameters, FLOPs, activation memory and latency, with and without attention"
 
@@ -34,7 +34,8 @@ def run_profile(args: argparse.Namespace) -> int:
     result = profile_model(args.arch, attention, placement=args.placement,
                            image_size=args.image_size, batch_size=args.batch_size,
                            device=args.device, repeats=args.repeats, threads=args.threads,
-                           attention_kwargs=parse_kwargs(args.attention_kwargs) or None)
+                           attention_kwargs=parse_key_values(args.attention_kwargs,
+                                                            "--attention-kwargs") or None)
     print(format_profile(result))
     if args.json:
         write_json(args.json, result)

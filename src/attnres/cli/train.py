@@ -1,30 +1,15 @@
-"""`attnres train`: fill a `TrainConfig` from the command line and call `attnres.train.train`."""
+"""`attnres train`: fill a `TrainConfig` from the command line and call `attnres.train`."""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import sys
 from typing import Any
 
+from .options import parse_key_values
+
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
-
-
-def parse_kwargs(text: str) -> dict[str, Any]:
-    """'reduction=8,kernel_size=3' -> {'reduction': 8, 'kernel_size': 3} (Python literals;
-    anything else stays a string)."""
-    result: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"--attention-kwargs item {item!r}: expected name=value, e.g. "
-                             f"reduction=8,kernel_size=3")
-        try:
-            result[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            result[key.strip()] = value.strip()
-    return result
 
 
 def parse_blocks(items: list[str], arch: str) -> dict[str, list[bool]]:
@@ -53,9 +38,12 @@ def parse_blocks(items: list[str], arch: str) -> dict[str, list[bool]]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    description = (f"{HELP[0].upper()}{HELP[1:]}. Options left out take the recipe's "
-                   f"defaults (see attnres.TrainConfig).")
+    description = (f"{HELP[0].upper()}{HELP[1:]}. Options left out take the values of "
+                   f"--recipe, else the defaults (see attnres.TrainConfig).")
     p = subparsers.add_parser("train", help=HELP, description=description)
+    p.add_argument("--recipe", metavar="NAME",
+                   help="start from a named recipe (e.g. cifar-fast, see "
+                        "attnres.training.RECIPES); the options given override its values")
     model = p.add_argument_group("model")
     model.add_argument("--arch", help="architecture, e.g. resnet20 (see `attnres models`)")
     model.add_argument("--attention", help="se, eca, cbam, bam, or none")
@@ -116,10 +104,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The `TrainConfig` the options ask for (options left out keep the defaults)."""
-    from attnres.train import TrainConfig
+    from attnres.training import TrainConfig, recipe_values
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if getattr(args, f.name, None) is not None}
+    if "recipe" in values:  # the recipe first, the options given on top
+        values = {**recipe_values(values["recipe"]), **values}
     if "attention" in values and values["attention"].lower() == "none":
         values["attention"] = None
     if "placement" in values:
@@ -129,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         values["blocks"] = parse_blocks(values["blocks"],
                                         values.get("arch", TrainConfig.arch))
     if "attention_kwargs" in values:
-        values["attention_kwargs"] = parse_kwargs(values["attention_kwargs"])
+        values["attention_kwargs"] = parse_key_values(values["attention_kwargs"],
+                                                      "--attention-kwargs")
     if "val_split" in values and float(values["val_split"]).is_integer() \
             and values["val_split"] >= 1:
         values["val_split"] = int(values["val_split"])  # a count of images
@@ -137,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from attnres.train import NonFiniteLossError, train
+    from attnres.training import NonFiniteLossError, train
 
     try:
         train(config_from_args(args))

@@ -43,11 +43,9 @@ def _load(model_or_checkpoint: nn.Module | str | Path) -> tuple[nn.Module, dict[
     """The model (eval mode) and the training config stored with it (or {})."""
     if isinstance(model_or_checkpoint, nn.Module):
         return model_or_checkpoint.eval(), {}
-    from ..train import _checkpoint_file, load_checkpoint, load_model
+    from ..checkpoint import load_model, read_checkpoint_config
 
-    model = load_model(model_or_checkpoint)
-    config = load_checkpoint(_checkpoint_file(model_or_checkpoint)).get("config") or {}
-    return model, dict(config)
+    return load_model(model_or_checkpoint), read_checkpoint_config(model_or_checkpoint)
 
 
 def _load_data(data: Any, config: dict[str, Any], model: nn.Module) -> Any:

@@ -1,11 +1,14 @@
-"""Evaluate a classifier on one split: top-1/top-5, mean loss, per-class accuracy, confusion."""
+"""Evaluate a classifier on one split: top-1/top-5, mean loss, per-class accuracy, confusion.
+
+`evaluate(model, data)` measures a model in memory; `evaluate_checkpoint(run)` rebuilds a
+trained model from its checkpoint (`attnres.checkpoint`) and evaluates it with the
+checkpoint's own preprocessing, writing `eval.json` and `confusion.png`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnres.data import BatchLoader, ImageData, load_dataset
+from .checkpoint import checkpoint_file, load_checkpoint, load_model
+from .data import BatchLoader, ImageData, load_dataset
+from .utils import atomic_write, atomic_write_json, resolve_device
 
 
 def _accumulate(logits: torch.Tensor, labels: torch.Tensor, k: int, confusion: torch.Tensor
@@ -68,7 +73,7 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
     loader = BatchLoader(images.images, images.labels, batch_size=batch_size, train=False,
                          mean=data.mean, std=data.std, kind=data.kind,
                          image_size=data.image_size)
-    device = torch.device(device)
+    device = resolve_device(device)
     k = min(5, data.num_classes)
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     loss_sum, top1, topk = 0.0, 0, 0
@@ -116,37 +121,18 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str
     ax.set_ylabel("true")
     ax.set_title("confusion matrix")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buffer, format="png", dpi=100)
     finally:
         plt.close(fig)
-    return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return atomic_write(path, buffer.getvalue())
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
                         out: str | Path | None = None, split: str = "val",
                         val_split: float | None = None, split_seed: int | None = None,
-                        batch_size: int = 256, device: str = "cpu",
+                        batch_size: int = 256, device: str | torch.device = "cpu",
                         cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
     `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
@@ -156,14 +142,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     size, never with statistics of the new data. Returns the metrics plus "checkpoint",
     "data", "split" and "files".
     """
-    from attnres.train import load_checkpoint, load_model
-
-    file = Path(checkpoint)
-    if file.is_dir():  # a run folder: its best checkpoint, else its last
-        found = [file / n for n in ("best.pt", "last.pt") if (file / n).is_file()]
-        if not found:
-            raise FileNotFoundError(f"run folder {str(file)!r} holds no best.pt or last.pt")
-        file = found[0]
+    device = resolve_device(device)
+    file = checkpoint_file(checkpoint)  # a run folder: its best checkpoint, else its last
     config = dict(load_checkpoint(file).get("config") or {})
     model = load_model(file, map_location=device)
     prep = dict(getattr(model, "preprocessing", {}) or {})
@@ -193,7 +173,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     result.update(checkpoint=str(file), data=str(spec), split=split,
                   files={"json": str(json_path), "confusion": str(png_path)})
     save_confusion_png(result["confusion"], dataset.classes, png_path)
-    _atomic_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_json(json_path, result)
     return result
 
 

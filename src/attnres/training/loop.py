@@ -1,0 +1,393 @@
+"""`train(config)`: the training loop, read top to bottom.
+
+`train` checks the options and sets up the processes; `_run` builds everything
+(`_prepare`), continues from a checkpoint when resuming (`_restore`), then runs the
+epochs: `_train_epoch` (steps, each `_train_step`), validation (`validate`), and
+`_save_epoch` (checkpoints, metrics, summary). A run folder holds `config.json`, `last.pt`,
+`best.pt`, `metrics.csv`, TensorBoard events and `summary.json`; checkpoints hold
+everything needed to continue bit-exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import data as datasets
+from .. import models
+from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from ..utils import atomic_write_json
+from . import report
+from .config import NonFiniteLossError, TrainConfig, validate_config
+from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pick_device,
+                          setup_distributed, teardown_distributed, wrap_model)
+from .meters import MemoryMeter
+from .recipe import make_optimizer, make_scheduler
+from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
+from .signals import StopRequest
+from .validation import to_device, validate
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train a model as `config` says; return the summary (also written to summary.json).
+
+    Raises ValueError for bad options, NonFiniteLossError when the loss stops being finite
+    (the last good checkpoint is kept), and KeyboardInterrupt after saving `last.pt` on
+    SIGINT or SIGTERM.
+    """
+    config, ckpt = resolve_resume(config)
+    validate_config(config)
+    if config.out is None:
+        config = dataclasses.replace(config, out=default_out(config))
+    out = Path(config.out)
+    if ckpt is None and (out / "last.pt").exists():
+        raise ValueError(f"out={config.out!r} already holds a run (last.pt); pass "
+                         f"--resume {config.out} to continue it, or choose another --out")
+    ddp = setup_distributed(config.device)
+    try:
+        return _run(config, ckpt, ddp, out)
+    finally:
+        teardown_distributed(ddp)
+
+
+@dataclass
+class _Sums:
+    """Running sums of an epoch's training steps (stored in a mid-epoch checkpoint)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    step_time: float = 0.0
+
+    def as_list(self) -> list[float]:
+        return [self.loss, self.correct, self.seen, self.step_time]
+
+
+@dataclass
+class _Run:
+    """Everything a run holds while it runs."""
+
+    config: TrainConfig
+    ddp: Dist
+    out: Path
+    device: torch.device
+    raw_model: nn.Module  # the model itself: checkpoints, buffers, the monitor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    val_loader: Any
+    steps_per_epoch: int
+    preprocessing: dict[str, Any]
+    channels_last: bool
+    autocast_dtype: torch.dtype | None  # None: no autocast
+    net: nn.Module | None = None    # raw_model, compiled when asked: validation runs on it
+    model: nn.Module | None = None  # net, in DDP when distributed: training runs on it
+    writer: Any = None              # TensorBoard, rank 0 only
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    nonfinite_steps: int = 0
+    start_epoch: int = 0
+    start_batch: int = 0            # steps of start_epoch done before an interruption
+    partial: _Sums = field(default_factory=_Sums)
+    warned: set[str] = field(default_factory=set)
+
+    def log(self, message: str) -> None:
+        if self.ddp.is_main and not self.config.quiet:
+            report.print_line(message)
+
+    def autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def checkpoint(self, epoch: int, batch: int, partial: list[float]) -> dict[str, Any]:
+        """What `last.pt` / `best.pt` hold: enough to continue from step `batch` of `epoch`."""
+        return {"format": CHECKPOINT_FORMAT, "model": self.raw_model.state_dict(),
+                "build_args": dict(self.raw_model.build_args),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": epoch, "batch": batch, "partial": partial, "rng": rng_state(),
+                "config": asdict(self.config), "preprocessing": self.preprocessing,
+                "metrics": self.metrics, "nonfinite_steps": self.nonfinite_steps,
+                "world_size": self.ddp.world_size}
+
+    def summary(self, memory: MemoryMeter, *, finished: bool) -> dict[str, Any]:
+        return report.summary(self.config, self.metrics, memory=memory, finished=finished,
+                              params=sum(p.numel() for p in self.raw_model.parameters()),
+                              world_size=self.ddp.world_size)
+
+
+def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
+    run = _prepare(config, ddp, out)
+    if ckpt is not None:
+        _restore(run, ckpt)
+    # validation runs on `net`, never through DDP: ranks may hold different numbers of
+    # validation batches, and DDP's forward is a collective (it broadcasts BN buffers)
+    run.net = torch.compile(run.raw_model) if config.compile else run.raw_model
+    run.model = wrap_model(run.net, ddp, run.device)
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_config(out, config)
+        if config.tensorboard:
+            run.writer = report.open_tensorboard(
+                out, resumed_at=run.start_epoch if ckpt is not None else None)
+
+    best = max((row["val_top1"] for row in run.metrics), default=-1.0)
+    memory = MemoryMeter(run.device)
+    memory.start()
+    with StopRequest() as stop:
+        for epoch in range(run.start_epoch, config.epochs):
+            row = _epoch(run, epoch, stop, memory)
+            run.metrics.append(row)
+            improved = row["val_top1"] > best
+            best = max(best, row["val_top1"])
+            _save_epoch(run, memory, improved=improved)
+            run.log(report.epoch_line(row, config.epochs))
+            if all_reduce([float(stop.requested)], ddp, run.device)[0]:  # every rank stops
+                run.log(f"interrupted: saved {out / 'last.pt'} (end of epoch {epoch + 1}); "
+                        f"continue with --resume {out}")
+                raise KeyboardInterrupt
+    if run.writer is not None:
+        run.writer.close()
+    summary = run.summary(memory, finished=len(run.metrics) >= config.epochs)
+    run.log(f"done: best val top-1 {summary['best_val_top1']:.2f}, last "
+            f"{summary['last_val_top1']:.2f}; wrote {out}")
+    return summary
+
+
+def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
+    """Seed, then load the data and build the model, optimizer, loaders and schedule."""
+    device = pick_device(config.device, ddp)
+    use_cuda = device.type == "cuda"
+    if config.batch_size % ddp.world_size:
+        raise ValueError(f"batch_size={config.batch_size} does not split evenly over "
+                         f"{ddp.world_size} processes; use a multiple of {ddp.world_size}")
+    if use_cuda:
+        torch.backends.cudnn.benchmark = not config.deterministic
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+    seed_everything(config.seed)
+
+    data = datasets.load_dataset(config.data, val_split=config.val_split,
+                                 seed=config.split_seed, image_size=config.image_size,
+                                 cache_dir=config.cache_dir)
+    raw_model = models.build_model(config.arch, attention=config.attention,
+                                   placement=config.placement, stages=config.stages,
+                                   blocks=config.blocks, preset=config.preset,
+                                   num_classes=data.num_classes, pretrained=config.pretrained,
+                                   attention_kwargs=dict(config.attention_kwargs) or None)
+    # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
+    channels_last = config.channels_last and (use_cuda or config.amp)
+    raw_model.to(device, memory_format=torch.channels_last if channels_last
+                 else torch.preserve_format)
+    optimizer = make_optimizer(raw_model, config)
+
+    # on CUDA, batches are cut and augmented on the GPU when the images fit comfortably
+    on_device = use_cuda and data.train.images.numel() + data.val.images.numel() < 2**31
+    train_loader, val_loader = datasets.make_loaders(
+        data, config.batch_size // ddp.world_size, seed=config.seed, rank=ddp.rank,
+        world_size=ddp.world_size, device=device if on_device else None)
+    # every rank must take the same number of steps, or DDP's collectives hang
+    steps_per_epoch = min_over_ranks(len(train_loader), ddp, device)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the training split "
+                         f"({len(data.train.labels)} images); use a smaller batch")
+
+    amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and use_cuda
+                                  and amp_dtype == torch.float16)
+    return _Run(
+        config=config, ddp=ddp, out=out, device=device, raw_model=raw_model,
+        optimizer=optimizer, scheduler=make_scheduler(optimizer, config, steps_per_epoch),
+        scaler=scaler, train_loader=train_loader, val_loader=val_loader,
+        steps_per_epoch=steps_per_epoch, channels_last=channels_last,
+        autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
+        preprocessing={"mean": list(data.mean), "std": list(data.std),
+                       "image_size": data.image_size, "classes": list(data.classes)})
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Continue from `ckpt`: weights, optimizer, schedule, RNG states, metrics so far."""
+    run.raw_model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    run.start_epoch, run.start_batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
+    run.metrics = list(ckpt["metrics"])
+    run.nonfinite_steps = int(ckpt.get("nonfinite_steps", 0))
+    if run.start_batch and run.ddp.is_main:  # the interrupted epoch's sums, counted once
+        run.partial = _Sums(*ckpt["partial"])
+    if ckpt.get("world_size", 1) != run.ddp.world_size:
+        run.log(f"warning: the run used {ckpt.get('world_size', 1)} processes, now "
+                f"{run.ddp.world_size}: it continues, but not bit-exactly")
+    run.log(f"resuming {run.out} at epoch {run.start_epoch + 1}"
+            + (f", step {run.start_batch + 1}" if run.start_batch else ""))
+
+
+def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dict[str, Any]:
+    """Train one epoch, then validate; the epoch's row of metrics.csv."""
+    monitor = None
+    if run.config.monitor:
+        from ..analysis.monitor import AttentionMonitor
+
+        monitor = AttentionMonitor(run.raw_model)
+    epoch_start = time.perf_counter()
+    lr = run.config.lr * run.scheduler.lr_lambdas[0](epoch * run.steps_per_epoch)
+    with monitor if monitor is not None else nullcontext():
+        sums = _train_epoch(run, epoch, stop, memory)
+    run.partial = _Sums()
+    loss, correct, seen = all_reduce([sums.loss, sums.correct, sums.seen], run.ddp, run.device)
+    step_time = all_reduce([sums.step_time], run.ddp, run.device)[0] / run.ddp.world_size
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / max(seen, 1),
+                           "train_top1": 100.0 * correct / max(seen, 1)}
+    average_buffers(run.raw_model, run.ddp)
+    row.update(validate(run.net, run.val_loader, run.device, run.ddp, run.autocast,
+                        run.channels_last))
+    row["train_images"] = int(seen)
+    row["train_step_time_s"] = step_time
+    row["epoch_time_s"] = time.perf_counter() - epoch_start
+    row["train_images_per_s"] = seen / step_time if step_time > 0 else 0.0
+    if monitor is not None:
+        _add_gate_statistics(run, row, monitor.summary())
+    return row
+
+
+def _train_epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> _Sums:
+    """The optimizer steps of one epoch (from `start_batch` when resuming inside it)."""
+    skip = run.start_batch if epoch == run.start_epoch else 0  # steps done before a stop
+    run.train_loader.set_epoch(epoch, start_batch=skip)
+    run.model.train()
+    sums = dataclasses.replace(run.partial)
+    bar = report.progress_bar(run.steps_per_epoch, initial=skip,
+                              desc=f"epoch {epoch + 1}/{run.config.epochs}",
+                              disable=run.config.quiet or not run.ddp.is_main)
+    try:
+        for step, (images, labels) in enumerate(run.train_loader, start=skip):
+            if step >= run.steps_per_epoch:
+                break
+            stop_asked = _train_step(run, images, labels, sums, stop, epoch, step)
+            bar.update(1)
+            if step % 10 == 0 and sums.seen:
+                bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}",
+                                acc=f"{100 * sums.correct / sums.seen:.1f}",
+                                img_s=f"{sums.seen * run.ddp.world_size / sums.step_time:.0f}")
+            if stop_asked and step + 1 < run.steps_per_epoch:
+                bar.close()
+                _save_interrupted(run, memory, epoch, step + 1, sums)
+                raise KeyboardInterrupt
+    finally:
+        bar.close()
+    return sums
+
+
+def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, sums: _Sums,
+                stop: StopRequest, epoch: int, step: int) -> bool:
+    """One optimizer step on a batch `(B, C, H, W)`, `(B,)`, added to `sums`; a non-finite
+    loss skips the update (or stops the run). Returns whether any rank was asked to stop."""
+    t0 = time.perf_counter()
+    images, labels = to_device(images, labels, run.device, run.channels_last)
+    with run.autocast():
+        logits = run.model(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.config.label_smoothing)
+    loss_value = loss.item()
+    nonfinite, stop_asked = all_reduce([float(not math.isfinite(loss_value)),
+                                        float(stop.requested)], run.ddp, run.device)
+    if nonfinite:
+        _skip_update(run, loss_value, epoch, step)
+    else:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        _advance(run.scheduler)
+        sums.loss += loss_value * labels.numel()
+        sums.correct += (logits.argmax(1) == labels).sum().item()
+        sums.seen += labels.numel()
+    sums.step_time += time.perf_counter() - t0
+    return bool(stop_asked)
+
+
+def _skip_update(run: _Run, loss_value: float, epoch: int, step: int) -> None:
+    """A step whose loss was NaN/inf on some rank: no update, or NonFiniteLossError once
+    more than `skip_nonfinite` such steps were seen."""
+    run.nonfinite_steps += 1
+    where = (f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1} (global "
+             f"step {epoch * run.steps_per_epoch + step + 1})")
+    if run.nonfinite_steps > run.config.skip_nonfinite:
+        last = run.out / "last.pt"
+        kept = (f"; last good checkpoint: {last}" if last.exists()
+                else "; no checkpoint was saved before it")
+        raise NonFiniteLossError(f"{where}{kept}; lower --lr, or pass --skip-nonfinite N to "
+                                 f"skip up to N such steps")
+    run.log(f"warning: {where}: update skipped ({run.nonfinite_steps}/"
+            f"{run.config.skip_nonfinite} allowed)")
+    run.optimizer.zero_grad(set_to_none=True)
+    _advance(run.scheduler)
+
+
+def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One scheduler step; the schedule counts steps, skipped updates included."""
+    with warnings.catch_warnings():  # torch warns when a skipped first update precedes it
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+        scheduler.step()
+
+
+def _add_gate_statistics(run: _Run, row: dict[str, Any],
+                         summary: dict[str, dict[str, Any]]) -> None:
+    """--monitor: each gate's statistics as columns of `row`; a warning the first time a
+    gate saturates."""
+    from ..analysis.monitor import find_saturation
+
+    for module_name, stats in summary.items():
+        for stat, value in stats.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[f"{module_name}/{stat}"] = float(value)
+    for message in find_saturation(summary):
+        key = ":".join(message.split(":")[:2])  # "<module>: <what>", without the numbers
+        if key not in run.warned:
+            run.warned.add(key)
+            run.log(f"warning: {message}")
+
+
+def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
+    """Rank 0, after each epoch: last.pt (and best.pt), metrics.csv, TensorBoard, summary."""
+    if not run.ddp.is_main:
+        return
+    epoch = run.metrics[-1]["epoch"]
+    state = run.checkpoint(epoch, 0, _Sums().as_list())
+    save_checkpoint(state, run.out / "last.pt")
+    if improved:
+        save_checkpoint(state, run.out / "best.pt")
+    report.write_metrics(run.out, run.metrics)
+    if run.writer is not None:
+        report.log_scalars(run.writer, run.metrics[-1])
+    atomic_write_json(run.out / "summary.json",
+                      run.summary(memory, finished=epoch == run.config.epochs))
+
+
+def _save_interrupted(run: _Run, memory: MemoryMeter, epoch: int, batch: int,
+                      sums: _Sums) -> None:
+    """SIGINT/SIGTERM inside an epoch: last.pt at step `batch`, with the epoch's sums."""
+    partial = all_reduce(sums.as_list(), run.ddp, run.device)
+    partial[3] /= run.ddp.world_size  # step time: the mean over ranks, not the sum
+    if run.ddp.is_main:
+        save_checkpoint(run.checkpoint(epoch, batch, partial), run.out / "last.pt")
+        atomic_write_json(run.out / "summary.json", run.summary(memory, finished=False))
+    run.log(f"interrupted: saved {run.out / 'last.pt'} (epoch {epoch + 1}, step {batch}); "
+            f"continue with --resume {run.out}")
+
+
+__all__ = ["train"]

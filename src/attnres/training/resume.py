@@ -1,0 +1,87 @@
+"""Continuing a run: seeding, the random-number states a checkpoint keeps, and which
+options a resumed run takes from the saved one.
+
+RNG states are stored as plain tensors and numbers, so that `torch.load(weights_only=True)`
+accepts them and a resumed CPU run continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import checkpoint_file, load_checkpoint
+from .config import RESUME_OVERRIDABLE, TrainConfig
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every generator a run draws from, as tensors and plain data."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def resolve_resume(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """The config to run with and the checkpoint to continue from (None for a new run).
+
+    A run folder continues from its last.pt. Options in `RESUME_OVERRIDABLE` may change;
+    any other option must equal the saved run's or be left at its default, and then the
+    saved value is used (so `--resume RUN` alone continues the run as it was).
+    """
+    if config.resume is None:
+        return config, None
+    try:
+        file = checkpoint_file(config.resume, names=("last.pt",))
+        ckpt = load_checkpoint(file)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"resume={config.resume!r}: {e}") from None
+    saved = TrainConfig(**ckpt["config"])
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        given, before = getattr(config, f.name), getattr(saved, f.name)
+        if f.name in RESUME_OVERRIDABLE or given == before:
+            continue
+        if given != getattr(defaults, f.name):
+            raise ValueError(f"cannot change {f.name} when resuming (run has {before!r}, "
+                             f"given {given!r}); start a new run with another --out instead")
+    overrides = {name: getattr(config, name) for name in RESUME_OVERRIDABLE
+                 if getattr(config, name) != getattr(defaults, name)}
+    overrides["out"] = config.out if config.out is not None else str(file.parent)
+    return dataclasses.replace(saved, **overrides), ckpt
+
+
+def default_out(config: TrainConfig) -> str:
+    """The run folder of a run given no `out`: runs/ARCH-ATTENTION-sSEED."""
+    return f"runs/{config.arch}-{config.attention or 'none'}-s{config.seed}"
+
+
+__all__ = ["default_out", "resolve_resume", "rng_state", "seed_everything", "set_rng_state"]

@@ -1,0 +1,38 @@
+"""Stopping a run cleanly on SIGINT / SIGTERM: the loop saves `last.pt` before it exits."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+class StopRequest:
+    """SIGINT or SIGTERM sets a flag that the loop checks between steps (a second one aborts
+    at once). SIGTERM counts too: torchrun passes Ctrl-C on to its workers as SIGTERM, and
+    batch schedulers send it before they kill a job."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+__all__ = ["StopRequest"]
