@@ -54,13 +54,10 @@ TEMPORARY_CYCLE_EDGES: dict[tuple[str, str], str] = {
     ("attnres.models.pretrained", "attnres.models.build"): "models: build <-> pretrained",
 }
 TEMPORARY_LONG_FILES: dict[str, str] = {
-    "ablate.py": "being split into ablation/",
-    "data.py": "being split into data/",
-    "export.py": "being split into export/",
     "models/pretrained.py": "models: being restructured",
+    "analysis/explain.py": "analysis: explain's pictures are being reworked",
 }
 TEMPORARY_LONG_FUNCTIONS: dict[str, str] = {
-    "ablate.py:ablate": "being split into ablation/",
     "models/pretrained.py:load_pretrained": "models: being restructured",
     "analysis/bench.py:bench": "analysis: not yet split (85 lines)",
     "analysis/explain.py:explain": "analysis: not yet split (83 lines)",
