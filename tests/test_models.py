@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 from attnres.attention import ATTENTION, list_attention
-from attnres.models import (ModelInfo, Preprocessing, build_model,
-                            get_model_info, insert_attention, list_models, list_placements,
-                            list_presets, rebuild_model)
+from attnres.models import (ModelInfo, Preprocessing, build_model, get_model_info,
+                            insert_attention, list_models, list_placements, list_presets,
+                            rebuild_model)
 from attnres.models.resnet import ARCHS, PadShortcut
 
 torch.manual_seed(0)
@@ -352,10 +352,11 @@ def test_every_architecture_carries_its_default_preprocessing() -> None:
     for arch in list_models():
         prep = on_meta(build_model, arch).preprocessing
         if ARCHS[arch].stem == "cifar":  # the statistics are the data's: unknown
-            assert prep == {"image_size": 32}, arch
+            assert prep == {"image_size": 32, "source": "architecture"}, arch
         else:
             assert prep == {"mean": list(mean), "std": list(std), "image_size": 224,
-                            "resize_size": 256, "interpolation": "bilinear"}, arch
+                            "resize_size": 256, "interpolation": "bilinear",
+                            "source": "architecture"}, arch
     assert "mean" not in on_meta(build_model, "resnet18", in_chans=1).preprocessing
 
 

@@ -279,7 +279,7 @@ def test_cbam_authors_checkpoint_into_other_models(authors_cbam18):
     imagenet = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
     assert model.preprocessing == {"mean": imagenet.mean, "std": imagenet.std,
                                    "image_size": 224, "resize_size": 256,
-                                   "interpolation": "bilinear"}
+                                   "interpolation": "bilinear", "source": "weights"}
     assert model.model_info.weights == str(path)
 
 
@@ -342,7 +342,7 @@ def test_torchvision_weights_set_the_models_metadata(tmp_path, monkeypatch):
     assert model.preprocessing == {
         "mean": transform.mean, "std": transform.std, "image_size": transform.crop_size[0],
         "resize_size": transform.resize_size[0], "interpolation": transform.interpolation.value,
-        "classes": weights.meta["categories"]}
+        "classes": weights.meta["categories"], "source": "weights"}
     # another head: the classifier is not the weights', so neither are the class names
     ten = build_model("resnet18", num_classes=10, pretrained="IMAGENET1K_V1")
     assert "classes" not in ten.preprocessing and ten.preprocessing["image_size"] == 224

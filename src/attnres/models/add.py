@@ -90,8 +90,8 @@ def _add_to_resnet(model: nn.Module, plan: Plan, attention: str, init: str,
         for b in getattr(model, name)}
     for width in sorted(widths):
         create_attention(attention, width, **kwargs)
-    info = ensure_model_info(model)  # before adoption: a torchvision net is recognised
     model = adopt_torchvision(model)
+    info = ensure_model_info(model)
     before = _slots(model)
     try:
         filled = apply_plan(model, plan, attention, **kwargs)

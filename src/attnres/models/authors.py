@@ -48,7 +48,8 @@ AUTHORS_CBAM_KWARGS: dict[str, Any] = dict(reduction=16, pool_types=("avg", "max
                                             kernel_size=7, order="channel-first",
                                             mlp_bias=True, spatial_norm="batch")
 AUTHORS_PREPROCESSING = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=224,
-                                      resize_size=256, interpolation="bilinear")
+                                      resize_size=256, interpolation="bilinear",
+                                      source="weights")
 
 _CBAM_KEY = re.compile(r"^(?P<block>.+)\.cbam\.(?P<gate>ChannelGate|SpatialGate)\.(?P<rest>.+)$")
 _BAM_KEY = re.compile(r"^bam(?P<stage>[1-3])\.(channel_att|spatial_att)\.")
@@ -88,7 +89,8 @@ def convert_cbam_authors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     return converted
 
 
-def _cifar_check(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> list[str]:
+def _cifar_check(state: Mapping[str, torch.Tensor],
+                 target: Mapping[str, torch.Tensor]) -> list[str]:
     have, want = state.get("conv1.weight"), target.get("conv1.weight")
     if have is not None and want is not None and have.shape[-1] == 3 and want.shape[-1] == 7:
         return ["this is the authors' CIFAR ResNet (3x3 stem, stages of 64..512 channels), "

@@ -88,7 +88,12 @@ class Preprocessing:
     """What inputs the model expects: `(B, C, S, S)` images, resized (shorter side to
     `resize_size` with `interpolation`), centre-cropped to `image_size`, scaled to [0, 1] and
     normalised with `mean` / `std`. None means unknown (e.g. the mean of a CIFAR net is the
-    data's, not the architecture's). `classes` names the logits."""
+    data's, not the architecture's). `classes` names the logits.
+
+    `source` says where the values come from: "architecture" (the data-independent defaults
+    of a freshly built network: data the model is trained or evaluated on may differ),
+    "weights" (what pretrained weights were trained with), or None (given: a training
+    checkpoint's data, an assignment)."""
 
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -96,6 +101,7 @@ class Preprocessing:
     resize_size: int | None = None
     interpolation: str | None = None     # "bilinear", "bicubic", "nearest", ...
     classes: tuple[str, ...] | None = None
+    source: str | None = None            # "architecture", "weights", None
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as given
 
     def to_dict(self) -> dict[str, Any]:

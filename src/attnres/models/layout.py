@@ -125,11 +125,16 @@ def timm_preprocessing(cfg: dict, in_chans: int = 3) -> Preprocessing:
         mean=tuple(cfg["mean"]) if cfg.get("mean") and in_chans == 3 else None,
         std=tuple(cfg["std"]) if cfg.get("std") and in_chans == 3 else None,
         image_size=size, resize_size=math.floor(size / crop) if size and crop else None,
-        interpolation=cfg.get("interpolation"))
+        interpolation=cfg.get("interpolation"), source="architecture")
 
 
 def describe_model(model: nn.Module) -> ModelInfo:
-    """A `ModelInfo` for a network attnres did not build (the attached one if any)."""
+    """A `ModelInfo` for a network attnres did not build (the attached one if any).
+
+    A torchvision ResNet whose modules are those of an `ARCHS` architecture is described as
+    that architecture (library "attnres": same keys and function); a timm model by its
+    `pretrained_cfg` (timm does not keep `create_model`'s keyword arguments: set
+    `info.build_kwargs` for one made with structural ones, e.g. `block_args`)."""
     info = get_model_info(model)
     if info is not None:
         return info

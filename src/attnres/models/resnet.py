@@ -343,11 +343,12 @@ def default_preprocessing(arch: str | None, in_chans: int = 3) -> Preprocessing:
     """The data-independent preprocessing of architecture `arch`: ImageNet's statistics and
     torchvision's evaluation transform (resize 256, bilinear, centre crop 224) for the
     ImageNet nets; for the CIFAR nets only their 32 x 32 input (the statistics are the
-    data's). Mean and std are unknown (None) for `in_chans != 3`."""
+    data's). Mean and std are unknown (None) for `in_chans != 3`. `source="architecture"`."""
     if arch not in ARCHS:
         return Preprocessing()
     if ARCHS[arch].stem == "cifar":
-        return Preprocessing(image_size=32)
+        return Preprocessing(image_size=32, source="architecture")
     rgb = in_chans == 3
     return Preprocessing(mean=IMAGENET_MEAN if rgb else None, std=IMAGENET_STD if rgb else None,
-                         image_size=224, resize_size=256, interpolation="bilinear")
+                         image_size=224, resize_size=256, interpolation="bilinear",
+                         source="architecture")

@@ -176,7 +176,8 @@ def weights_preprocessing(weights: Any, in_chans: int = 3, head: bool = True) ->
         mean=tuple(transform.mean) if rgb else None, std=tuple(transform.std) if rgb else None,
         image_size=int(crop[0] if isinstance(crop, (list, tuple)) else crop),
         resize_size=int(resize[0] if isinstance(resize, (list, tuple)) else resize),
-        interpolation=str(interpolation), classes=tuple(classes) if classes else None)
+        interpolation=str(interpolation), classes=tuple(classes) if classes else None,
+        source="weights")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
