@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import pickle
 
 import pytest
 import torch
@@ -159,6 +160,27 @@ def test_state_dict_round_trip_and_deepcopy() -> None:
         torch.testing.assert_close(twin(x), expected)
         twin.layer2[1].attn_after.channel_gate.fc1.weight.zero_()  # the copy is independent
         torch.testing.assert_close(model(x), expected)
+
+
+def test_edited_model_pickles_and_keeps_its_outputs() -> None:
+    """The generated classes (BasicBlockWithAttention, ...) pickle as "the subclass of
+    <original class>", so torch.save(model) / pickle work and load as the same class."""
+    x = torch.randn(1, 3, 64, 64)
+    model = trained_looking(torchvision.models.resnet18())
+    insert_attention(model, "cbam", ["layer2:after", "layer3.0.bn2:after"], init="default")
+    with torch.no_grad():
+        expected = model(x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    again = pickle.loads(pickle.dumps(model))
+    for other in (loaded, again):
+        assert type(other.layer2[1]) is type(model.layer2[1])
+        assert type(other.layer2[1]).__name__ == "BasicBlockWithAttention"
+        with torch.no_grad():
+            torch.testing.assert_close(other.eval()(x), expected, rtol=0, atol=0)
+    assert loaded.model_info == model.model_info  # the insertion record travels too
 
 
 def test_torch_export() -> None:

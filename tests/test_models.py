@@ -11,8 +11,10 @@ import torchvision
 from torch import nn
 
 from attnres.attention import ATTENTION, list_attention
-from attnres.models import build_model, list_models, list_placements, list_presets
-from attnres.models.resnet import PadShortcut
+from attnres.models import (ModelInfo, Preprocessing, build_model, get_model_info,
+                            insert_attention, list_models, list_placements, list_presets,
+                            rebuild_model)
+from attnres.models.resnet import ARCHS, PadShortcut
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # tiny models: threads only contend on the shared CI cores
@@ -297,3 +299,105 @@ def test_models_command_prints_the_table(capsys) -> None:
     assert rows["resnet20"][:2] == ["10", f"{cifar_resnet_params(3):,}"]
     assert "placements: block, block-post, stage, stem, head" in out
     assert f"attention:  {', '.join(list_attention())}" in out
+
+
+# ---------------------------------------------------------------------------- ModelInfo
+
+def test_model_info_round_trips_through_json_and_rebuilds() -> None:
+    model = build_model("resnet20", attention="cbam", placement=["block", "stage"],
+                        stages=[2, 3], blocks={2: [True, False, True]}, num_classes=7,
+                        attention_kwargs={"reduction": 4, "pool_types": ("avg", "max")},
+                        zero_init_residual=True)
+    insert_attention(model, "eca", "layer3:after", init="default")
+    info = get_model_info(model)
+    assert info is model.model_info and info.architecture == "resnet20"
+    data = info.to_dict()
+    assert json.loads(json.dumps(data)) == data  # JSON data only, tuples as lists
+    again = ModelInfo.from_dict(json.loads(json.dumps(data)))
+    assert again.to_dict() == data and again.attention_kwargs["pool_types"] == ["avg", "max"]
+    rebuilt = rebuild_model(data)
+    rebuilt.load_state_dict(model.state_dict())  # strict: the insertion was replayed
+    assert get_model_info(rebuilt).to_dict() == data
+    # the legacy attributes are views of the one object
+    assert model.build_args == info.build_args() and model.build_args["zero_init_residual"]
+    assert model.attention_slots is info.attention_slots
+    assert model.attention_slots[-1] == "layer3.2.attn_after"
+
+
+def test_legacy_build_args_alone_rebuild() -> None:
+    """Checkpoints of attnres <= 0.2 store build_args and preprocessing dicts only."""
+    old = {"arch": "resnet18", "attention": "se", "placement": "stage", "stages": [4],
+           "blocks": None, "preset": None, "num_classes": 3, "attention_kwargs": None,
+           "insertions": [{"attention": "eca", "at": ["layer1:before"], "init": "identity",
+                           "kwargs": {}}]}
+    model = rebuild_model(old)
+    assert model.build_args == old
+    assert isinstance(model.stage_attn.layer4, nn.Module) and model.fc.out_features == 3
+    info = ModelInfo.from_dict(old)
+    assert info.insertions == old["insertions"] and info.library == "attnres"
+
+    class Exported(nn.Module):  # e.g. an int8 GraphModule: plain attributes
+        pass
+
+    exported = Exported()
+    exported.build_args, exported.preprocessing = old, {"image_size": 16, "mean": [0.5] * 3}
+    snapshot = get_model_info(exported)
+    assert snapshot.architecture == "resnet18" and snapshot.preprocessing.image_size == 16
+    assert get_model_info(nn.Linear(2, 2)) is None
+
+
+def test_every_architecture_carries_its_default_preprocessing() -> None:
+    # ImageNet's statistics as torchvision's weights carry them
+    imagenet = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    mean, std = imagenet.mean, imagenet.std
+    for arch in list_models():
+        prep = on_meta(build_model, arch).preprocessing
+        if ARCHS[arch].stem == "cifar":  # the statistics are the data's: unknown
+            assert prep == {"image_size": 32, "source": "architecture"}, arch
+        else:
+            assert prep == {"mean": list(mean), "std": list(std), "image_size": 224,
+                            "resize_size": 256, "interpolation": "bilinear",
+                            "source": "architecture"}, arch
+    assert "mean" not in on_meta(build_model, "resnet18", in_chans=1).preprocessing
+
+
+def test_preprocessing_assignment_replaces_and_reads_back() -> None:
+    model = build_model("resnet20")
+    given = {"mean": [0.5, 0.4, 0.3], "std": [0.2] * 3, "image_size": 16,
+             "classes": ["a", "b"], "note": "kept as given"}
+    model.preprocessing = given
+    assert model.preprocessing == given
+    prep = model.model_info.preprocessing
+    assert prep.classes == ("a", "b") and prep.extra == {"note": "kept as given"}
+    assert model.model_info.input_size == (3, 16, 16)
+    model.preprocessing = {}
+    assert model.preprocessing == {} and model.model_info.preprocessing == Preprocessing()
+
+
+def test_bad_model_info_is_refused() -> None:
+    data = build_model("resnet20").model_info.to_dict()
+    with pytest.raises(ValueError, match=r"version 99.*upgrade"):
+        ModelInfo.from_dict({**data, "version": 99})
+    with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
+        ModelInfo.from_dict({**data, "colour": "red"})
+    model = build_model("resnet20", norm_layer=nn.BatchNorm2d)
+    with pytest.raises(ValueError, match=r"not JSON data: build_kwargs\['norm_layer'\]"):
+        model.model_info.to_dict()
+    with pytest.raises(ValueError, match=r"rebuild_model: .*library=None"):
+        rebuild_model(ModelInfo(library=None))
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_in_chans_and_num_classes_as_in_timm(in_chans) -> None:
+    model = build_model("resnet18", in_chans=in_chans, num_classes=5).eval()
+    assert model.conv1.in_channels == in_chans
+    assert model(torch.randn(2, in_chans, 32, 32)).shape == (2, 5)
+    assert model.model_info.in_chans == in_chans and model.build_args["in_chans"] == in_chans
+    assert rebuild_model(model.model_info).conv1.in_channels == in_chans
+    deep = build_model("resnest50", in_chans=in_chans)
+    assert deep.conv1[0].in_channels == in_chans
+    features = build_model("resnet18", num_classes=0).eval()
+    assert features(torch.randn(2, 3, 32, 32)).shape == (2, 512)  # no classifier
+    assert features.model_info.num_classes == 0 and features.num_classes == 0
+    with pytest.raises(ValueError, match=r"in_chans=0: must be an integer >= 1"):
+        build_model("resnet18", in_chans=0)

@@ -16,9 +16,10 @@ import torchvision
 from reference_cbam_authors import AuthorsResNet, authors_checkpoint, bam_state_dict, randomize
 from safetensors.torch import save_file
 
-from attnres.models import build_model, insert_attention
-from attnres.models.pretrained import (
-    bam_authors_model, cbam_authors_model, detect_format, load_pretrained)
+from attnres.attention import SqueezeExcite
+from attnres.models import (bam_authors_model, build_model, cbam_authors_model, detect_format,
+                            insert_attention, load_pretrained, wrap_identity)
+from attnres.models.pretrained import attention_module_names
 
 IMAGENET_INPUT = (1, 3, 224, 224)  # the authors' AvgPool2d(7) head needs 7x7 final maps
 
@@ -274,6 +275,12 @@ def test_cbam_authors_checkpoint_into_other_models(authors_cbam18):
     model = cbam_authors_model("resnet18", num_classes=10, pretrained=path)
     assert torch.equal(model.layer4[1].attn.channel_gate.fc2.bias,
                        reference.layer4[1].cbam.ChannelGate.mlp[3].bias)
+    # their train_imagenet.py: Scale(256), CenterCrop(224), ImageNet's mean and std
+    imagenet = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert model.preprocessing == {"mean": imagenet.mean, "std": imagenet.std,
+                                   "image_size": 224, "resize_size": 256,
+                                   "interpolation": "bilinear", "source": "weights"}
+    assert model.model_info.weights == str(path)
 
 
 def test_bam_authors_checkpoint_loads_backbone_and_identity_bam():
@@ -291,3 +298,91 @@ def test_bam_authors_checkpoint_loads_backbone_and_identity_bam():
     assert report.identity_init == ["stage_attn.layer1", "stage_attn.layer2", "stage_attn.layer3"]
     x = torch.randn(IMAGENET_INPUT)
     assert (outputs(model, x) - outputs(reference, x)).abs().max() <= 1e-5
+
+
+# ------------------------------------------------------- timm habits, metadata, the registry
+
+def offline_hub(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no network in the test")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+
+
+def test_pretrained_true_means_torchvisions_default_weights(tmp_path, monkeypatch):
+    from attnres.models.sources import default_weights
+
+    for arch in ("resnet18", "resnet50", "wide_resnet50_2"):
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        assert default_weights(arch) == f"{type(weights).__name__}.{weights.name}"
+    offline_hub(tmp_path, monkeypatch)
+    default = torchvision.models.ResNet50_Weights.DEFAULT
+    with pytest.raises(FileNotFoundError) as error:
+        build_model("resnet50", pretrained=True)
+    assert default.url.rsplit("/", 1)[1] in str(error.value)  # the DEFAULT weights' file
+    with pytest.raises(ValueError, match=r"no default weights for 'resnet20'"):
+        build_model("resnet20", pretrained=True)
+    assert build_model("resnet18", pretrained=False).model_info.weights is None
+
+
+def test_torchvision_weights_set_the_models_metadata(tmp_path, monkeypatch):
+    offline_hub(tmp_path, monkeypatch)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cache_file = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    cache_file.parent.mkdir(parents=True)
+    torch.save(randomize(torchvision.models.resnet18(), seed=7).state_dict(), cache_file)
+
+    model = build_model("resnet18", attention="se", pretrained="IMAGENET1K_V1")
+    info = model.model_info
+    assert info.weights == "ResNet18_Weights.IMAGENET1K_V1"
+    assert info.load_report is model.load_report and info.load_report.format == "torchvision"
+    transform = weights.transforms()  # torchvision's own evaluation transform
+    assert model.preprocessing == {
+        "mean": transform.mean, "std": transform.std, "image_size": transform.crop_size[0],
+        "resize_size": transform.resize_size[0], "interpolation": transform.interpolation.value,
+        "classes": weights.meta["categories"], "source": "weights"}
+    # another head: the classifier is not the weights', so neither are the class names
+    ten = build_model("resnet18", num_classes=10, pretrained="IMAGENET1K_V1")
+    assert "classes" not in ten.preprocessing and ten.preprocessing["image_size"] == 224
+
+
+@pytest.mark.parametrize("in_chans", [1, 2, 6])
+def test_in_chans_adapts_the_first_conv_as_timm_does(tmp_path, torchvision_resnet18, in_chans):
+    """timm (adapt_input_conv): one channel sums the RGB filters, more repeat them scaled
+    by 3 / in_chans. So a grey image gives the RGB net's output on (x, x, x), and an image
+    whose channels repeat (r, g, b) gives the RGB net's output on (r, g, b)."""
+    path = tmp_path / "tv.pth"
+    save_as(torchvision_resnet18.state_dict(), path, "raw .pth")
+    model = build_model("resnet18", in_chans=in_chans, num_classes=10, pretrained=str(path))
+    assert model.load_report.adapted == ["conv1.weight"]
+    x = torch.randn(2, 3, 32, 32)
+    if in_chans == 1:
+        grey = x[:, :1]
+        torch.testing.assert_close(outputs(model, grey),
+                                   outputs(torchvision_resnet18, grey.expand(-1, 3, -1, -1)),
+                                   rtol=1e-4, atol=1e-4)
+    elif in_chans % 3 == 0:
+        torch.testing.assert_close(outputs(model, x.repeat(1, in_chans // 3, 1, 1)),
+                                   outputs(torchvision_resnet18, x), rtol=1e-4, atol=1e-4)
+    else:  # repeated (r, g, b, r, ...), cut to in_chans, scaled
+        rgb = torchvision_resnet18.conv1.weight
+        expected = rgb.repeat(1, 1, 1, 1)[:, :in_chans] * (3 / in_chans)
+        torch.testing.assert_close(model.conv1.weight, expected)
+    assert "mean" not in model.preprocessing  # ImageNet's RGB statistics do not apply
+
+
+def test_attention_modules_are_found_through_the_registry(torchvision_resnet18):
+    """A registered gate anywhere counts as attention (its keys may be missing), wrapped
+    or not; slots are not looked up by name."""
+    model = torchvision.models.resnet18(num_classes=10)
+    model.layer3[1].extra_gate = SqueezeExcite(256)  # a name no slot list knows
+    model.layer2[0].attn = SqueezeExcite(128)
+    wrap_identity(model, ["layer2.0.attn"])
+    assert attention_module_names(model) == ["layer2.0.attn", "layer3.1.extra_gate"]
+    report = load_pretrained(model, torchvision_resnet18.state_dict(),
+                             identity_init_missing=True)
+    assert sorted(report.identity_init) == ["layer3.1.extra_gate"]  # wrapped already: kept
+    assert all(k.startswith(("layer2.0.attn.", "layer3.1.extra_gate."))
+               for k in report.missing_attention)

@@ -11,7 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attention import create_attention, list_attention
-from .models import build_model, insert_attention, list_models, load_pretrained
+from .models import add_attention, build_model, insert_attention, list_models, load_pretrained
 from .data import load_dataset
 from .checkpoint import load_model
 from .training import TrainConfig, train
@@ -23,7 +23,8 @@ from .export import export_model
 from .ablation import ablate, report
 
 __all__ = [
-    "AttentionMonitor", "TrainConfig", "__version__", "ablate", "bench", "build_model",
+    "AttentionMonitor", "TrainConfig", "__version__", "ablate", "add_attention", "bench",
+    "build_model",
     "create_attention", "evaluate", "explain", "export_model", "insert_attention",
     "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained", "report",
     "train",

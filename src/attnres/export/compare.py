@@ -22,6 +22,8 @@ def _loader(data: Any, split: str, model: nn.Module, batch_size: int,
         pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit]
         images, labels = images[pick], labels[pick]
     prep = getattr(model, "preprocessing", None) or {}
+    if prep.get("source") == "architecture":  # a fresh network's defaults, not its data's
+        prep = {}
     return BatchLoader(images, labels, batch_size=batch_size, train=False,
                        mean=prep.get("mean") or data.mean, std=prep.get("std") or data.std,
                        kind=data.kind, image_size=prep.get("image_size") or data.image_size)

@@ -3,7 +3,8 @@
 `insert_attention(model, "cbam", at=["layer1:before", "layer4:after"])` puts a gate on the
 input of `model.layer1` and on the output of `model.layer4`. The target module's class is
 swapped for a generated subclass (cached per class, as `torch.nn.utils.parametrize`
-does) whose forward is
+does; it pickles as "the subclass of <original class>", so `torch.save(model)` works)
+whose forward is
 
     y = attn_after(original_forward(attn_before(x), ...))
 
@@ -27,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import attention_class, create_attention, name_attention_modules
+from ..attention import attention_class, attention_spec, create_attention, name_attention_modules
+from .info import ModelInfo
+from .layout import ensure_model_info, first_conv
 
 INITS = ("identity", "default")
 SIDES = ("before", "after")
@@ -48,11 +51,12 @@ class IdentityInit(nn.Module):
         return x + self.scale * (self.attn(x) - x)
 
 
-def wrap_identity(model: nn.Module, names: Sequence[str]) -> list[str]:
+def wrap_identity(model: nn.Module, names: Sequence[str], *, record: bool = True) -> list[str]:
     """Wrap each named attention module of `model` in `IdentityInit` in place, so that it
-    starts as an exact identity. Recorded in `model.build_args["identity_init"]` (the wrapper
-    adds `.attn.` to the module's keys and a `.scale` parameter, so a checkpoint's model must
-    be rebuilt with it). Names already wrapped are left alone; returns the names wrapped."""
+    starts as an exact identity. Recorded in the model's `ModelInfo.identity_init` (the
+    wrapper adds `.attn.` to the module's keys and a `.scale` parameter, so a checkpoint's
+    model must be rebuilt with it) unless `record=False` (a replayed call records itself).
+    Names already wrapped are left alone; returns the names wrapped."""
     wrapped = []
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -63,11 +67,22 @@ def wrap_identity(model: nn.Module, names: Sequence[str]) -> list[str]:
         if not isinstance(module, IdentityInit):
             setattr(parent, child, IdentityInit(module))
             wrapped.append(name)
-    build_args = getattr(model, "build_args", None)
-    if wrapped and isinstance(build_args, dict):
-        build_args.setdefault("identity_init", []).extend(wrapped)
+    info = vars(model).get("model_info")
+    if wrapped and record and isinstance(info, ModelInfo):
+        info.identity_init.extend(wrapped)
     name_attention_modules(model)
     return wrapped
+
+
+def _rebuild_inserted(base: type[nn.Module]) -> nn.Module:
+    """Unpickling: an empty instance of the generated subclass of `base`."""
+    cls = _with_attention(base)
+    return cls.__new__(cls)
+
+
+def _reduce_inserted(self: nn.Module, protocol: int) -> tuple:
+    # the generated class cannot be found by name; its base can, and makes it again
+    return _rebuild_inserted, (type(self).__bases__[0],), self.__dict__.copy()
 
 
 def _with_attention(cls: type[nn.Module]) -> type[nn.Module]:
@@ -82,6 +97,7 @@ def _with_attention(cls: type[nn.Module]) -> type[nn.Module]:
 
         _SWAPPED[cls] = type(f"{cls.__name__}WithAttention", (cls,),
                              {"forward": forward, "_attnres_inserted": True,
+                              "__reduce_ex__": _reduce_inserted, "__module__": __name__,
                               "__doc__": f"{cls.__name__} with attention before / after it."})
     return _SWAPPED[cls]
 
@@ -105,8 +121,8 @@ def _resolve(model: nn.Module, path: str, side: str) -> str:
             isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward):
         if len(module) == 0:
             raise ValueError(f"{path!r} is an empty nn.Sequential; nothing to attach to")
-        index = 0 if side == "before" else len(module) - 1
-        path, module = f"{path}.{index}", module[index]
+        name = list(module._modules)[0 if side == "before" else -1]  # named children too
+        path, module = f"{path}.{name}", module._modules[name]
     if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
         raise ValueError(f"{path!r} is a {type(module).__name__} whose forward runs its own "
                          "children; attach to a module inside it or to its parent")
@@ -114,14 +130,15 @@ def _resolve(model: nn.Module, path: str, side: str) -> str:
 
 
 @torch.no_grad()
-def _probe_shapes(model: nn.Module, targets: list[tuple[str, str]],
-                  example_input: torch.Tensor | None) -> dict[tuple[str, str], torch.Tensor]:
+def probe_shapes(model: nn.Module, targets: list[tuple[str, str]],
+                 example_input: torch.Tensor | None) -> dict[tuple[str, str], torch.Tensor]:
     """Run the model once in eval mode and return the tensor seen at each (path, side).
     Forward hooks are used only to observe this probe and are removed after it; the
     training flags of all modules are restored, and eval mode leaves BN statistics alone."""
     param = next(iter(model.parameters()), None)
     if example_input is None:
-        example_input = torch.randn(1, 3, 64, 64)
+        conv = first_conv(model)
+        example_input = torch.randn(1, conv.in_channels if conv is not None else 3, 64, 64)
     if param is not None:
         example_input = example_input.to(device=param.device, dtype=param.dtype)
     seen: dict[tuple[str, str], Any] = {}
@@ -155,6 +172,59 @@ def _probe_shapes(model: nn.Module, targets: list[tuple[str, str]],
     return seen
 
 
+def check_gate_name(attention: str | type[nn.Module], init: str) -> None:
+    """Unknown attention names, conv-kind modules and bad `init` fail before any change."""
+    attention_class(attention)  # unknown names fail first, listing the valid ones
+    if isinstance(attention, str) and attention_spec(attention).kind != "gate":
+        create_attention(attention, 1)  # raises, saying what a conv-kind module is
+    if init not in INITS:
+        raise ValueError(f"init={init!r}; allowed: {', '.join(INITS)}")
+
+
+def find_targets(model: nn.Module, specs: Sequence[str],
+                 taken: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """The `(path, side)` slots named by "PATH:before" / "PATH:after" specs, resolved and
+    checked to be free (also of `taken`)."""
+    names = [name for name, _ in model.named_modules()]
+    targets: list[tuple[str, str]] = []
+    for spec in specs:
+        path, side = _parse(spec, names)
+        path = _resolve(model, path, side)
+        module, slot = model.get_submodule(path), f"attn_{side}"
+        inserted_before = getattr(type(module), "_attnres_inserted", False)
+        if (path, side) in targets or (path, side) in taken or (
+                inserted_before and not isinstance(getattr(module, slot), nn.Identity)):
+            raise ValueError(f"at={spec!r}: {path!r} already has attention {side} it")
+        if not inserted_before and hasattr(module, slot):
+            raise ValueError(f"at={spec!r}: {path!r} already has an attribute {slot!r}")
+        targets.append((path, side))
+    return targets
+
+
+def make_gates(attention: str | type[nn.Module], features: Sequence[torch.Tensor], init: str,
+               kwargs: dict[str, Any]) -> list[nn.Module]:
+    """One gate per feature map `(B, C, H, W)`, on its device and dtype (all built before
+    any is attached: a bad keyword leaves the model as it was)."""
+    gates = []
+    for feature in features:
+        gate = create_attention(attention, feature.shape[1], **kwargs)
+        if init == "identity":
+            gate = IdentityInit(gate)
+        gates.append(gate.to(device=feature.device, dtype=feature.dtype))
+    return gates
+
+
+def attach(model: nn.Module, path: str, side: str, gate: nn.Module) -> str:
+    """Put `gate` into slot `attn_<side>` of the module at `path`; returns the gate's path."""
+    module = model.get_submodule(path)
+    if not getattr(type(module), "_attnres_inserted", False):
+        module.__class__ = _with_attention(type(module))
+        module.attn_before = nn.Identity()
+        module.attn_after = nn.Identity()
+    setattr(module, f"attn_{side}", gate)
+    return f"{path}.attn_{side}"
+
+
 def insert_attention(model: nn.Module, attention: str,
                      at: str | Sequence[str] = ("layer1:before", "layer4:after"),
                      init: str = "identity", *, example_input: torch.Tensor | None = None,
@@ -167,49 +237,22 @@ def insert_attention(model: nn.Module, attention: str,
     init: "identity" (the gate starts as an exact identity, y = x + s * (attn(x) - x) with a
         learnable s = 0) or "default" (the plain gate).
     example_input: the probe input from which channels C are read (default a
-        `(1, 3, 64, 64)` random image); the probe runs in eval mode under no_grad.
+        `(1, C_in, 64, 64)` random image); the probe runs in eval mode under no_grad.
 
-    Models built by `build_model` record the insertion in `model.build_args["insertions"]`
-    so that the edited model can be rebuilt from a checkpoint.
+    The call is recorded in the model's `ModelInfo.insertions` (and so in
+    `model.build_args["insertions"]`) so that the edited model can be rebuilt from a
+    checkpoint.
     """
-    attention_class(attention)  # unknown names fail first, listing the valid ones
-    if init not in INITS:
-        raise ValueError(f"init={init!r}; allowed: {', '.join(INITS)}")
+    check_gate_name(attention, init)
     specs = [at] if isinstance(at, str) else list(at)
     if not specs:
         raise ValueError("at is empty; give at least one 'PATH:before' or 'PATH:after'")
-    names = [name for name, _ in model.named_modules()]
-    targets: list[tuple[str, str]] = []
-    for spec in specs:
-        path, side = _parse(spec, names)
-        path = _resolve(model, path, side)
-        module, slot = model.get_submodule(path), f"attn_{side}"
-        inserted_before = getattr(type(module), "_attnres_inserted", False)
-        if (path, side) in targets or (inserted_before and
-                                       not isinstance(getattr(module, slot), nn.Identity)):
-            raise ValueError(f"at={spec!r}: {path!r} already has attention {side} it")
-        if not inserted_before and hasattr(module, slot):
-            raise ValueError(f"at={spec!r}: {path!r} already has an attribute {slot!r}")
-        targets.append((path, side))
+    targets = find_targets(model, specs)
+    seen = probe_shapes(model, targets, example_input)
+    gates = make_gates(attention, [seen[t] for t in targets], init, kwargs)
+    paths = [attach(model, path, side, gate) for (path, side), gate in zip(targets, gates)]
 
-    seen = _probe_shapes(model, targets, example_input)
-    gates = []  # all built before any is attached: a bad keyword leaves the model as it was
-    for path, side in targets:
-        feature = seen[(path, side)]
-        gate = create_attention(attention, feature.shape[1], **kwargs)
-        if init == "identity":
-            gate = IdentityInit(gate)
-        gates.append(gate.to(device=feature.device, dtype=feature.dtype))
-    for (path, side), gate in zip(targets, gates):
-        module = model.get_submodule(path)
-        if not getattr(type(module), "_attnres_inserted", False):
-            module.__class__ = _with_attention(type(module))
-            module.attn_before = nn.Identity()
-            module.attn_after = nn.Identity()
-        setattr(module, f"attn_{side}", gate)
-
-    build_args = getattr(model, "build_args", None)
-    if isinstance(build_args, dict):
-        build_args.setdefault("insertions", []).append(
-            {"attention": attention, "at": specs, "init": init, "kwargs": kwargs})
+    info = ensure_model_info(model)
+    info.insertions.append({"attention": attention, "at": specs, "init": init, "kwargs": kwargs})
+    info.attention_slots.extend(paths)
     return name_attention_modules(model)

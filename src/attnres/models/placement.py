@@ -121,6 +121,20 @@ def resolve_plan(stage_depths: Sequence[int], placement: str | Sequence[str] = "
     return Plan(names, tuple(stage_list), chosen)
 
 
+def placement_record(plan: Plan, stages: Sequence[int] | None,
+                     blocks: Mapping[int | str, Sequence[bool]] | None,
+                     preset: str | None) -> dict[str, Any]:
+    """The placement arguments as `build_model` records them (JSON data): `placement` (one
+    name or a list; "block" under a preset, which sets it), `stages`, `blocks`, `preset`."""
+    return {"placement": ("block" if preset is not None  # the preset sets it
+                          else plan.placements[0] if len(plan.placements) == 1
+                          else list(plan.placements)),
+            "stages": list(stages) if stages is not None else None,
+            "blocks": ({str(k): [bool(b) for b in v] for k, v in blocks.items()}
+                       if blocks else None),
+            "preset": preset}
+
+
 def apply_plan(model: nn.Module, plan: Plan, attention: str, **attention_kwargs: Any) -> list[str]:
     """Fill the attention slots of an attnres `ResNet` named by `plan` with new
     `create_attention(attention, channels, **attention_kwargs)` modules; returns the names

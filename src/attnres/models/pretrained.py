@@ -1,330 +1,109 @@
-"""Pretrained weights for attnres models: torchvision weights, files, the CBAM authors' checkpoints.
+"""Pretrained weights for attnres models (and any module): `load_pretrained(model, source)`.
 
-`load_pretrained(model, source)` takes
+`source` is
 
 * a torchvision weights name (`"IMAGENET1K_V2"`, `"DEFAULT"`, or the full
-  `"ResNet50_Weights.IMAGENET1K_V2"`) for the model's architecture, fetched through
-  torchvision's weights API and so cached where torchvision caches
-  (`torch.hub.get_dir()/checkpoints/<file name from the weights URL>`);
-* a path to a `.pth` / `.pt` / `.pth.tar` (read with `torch.load(weights_only=True)`) or a
-  `.safetensors` file holding a state dict, or a checkpoint dict holding one under
-  `state_dict`, `model`, `model_state`, `net`, ... (DataParallel `module.` prefixes and
-  `torch.compile` `_orig_mod.` prefixes are removed);
-* a state dict itself;
-* the checkpoints of the CBAM authors' official code (github.com/Jongchan/attention-module,
-  e.g. `RESNET50_CBAM_new_name_wrap.pth`, 77.62 % top-1 on ImageNet), recognised by their
-  key names and converted to attnres names.
+  `"ResNet50_Weights.IMAGENET1K_V2"`) for the model's architecture;
+* a path to a `.pth` / `.pt` / `.pth.tar` / `.safetensors` file holding a state dict or a
+  checkpoint dict holding one (see `attnres.models.sources`);
+* a state dict itself.
 
-The authors' ResNet + CBAM and the attnres model built by `cbam_authors_model(arch)` compute
-the same function: CBAM sits in every block on the residual branch after the last BN and
-before the add (attnres placement `block`), the shared MLP is Linear -> ReLU -> Linear with
-biases, pooling is avg + max, the spatial gate is a 7x7 conv without bias followed by batch
-norm, and the stem is torchvision's. Two layout differences are converted: their MLP is
-`ChannelGate.mlp.1` / `mlp.3` (ours `channel_gate.fc1` / `fc2`), and their spatial pool stacks
-[max, mean] where ours stacks [mean, max], so the conv's two input channels are swapped.
-Their classifier pools with `AvgPool2d(7)`, which equals attnres' global average pool for
-224 x 224 inputs (7 x 7 final maps), the size they trained and evaluated at; at other input
-sizes their network is a different function. Their CIFAR variant (3x3 stem, four stages of
-64..512 channels) has no attnres architecture and is refused with a message.
+State dicts in another layout are recognised by the `SourceFormat`s registered with
+`register_format` and converted to attnres names: the CBAM and BAM authors' checkpoints
+(`attnres.models.authors`). Every non-attention parameter and buffer of the model must be
+found in the source with the same shape, or the call fails naming the keys, before anything
+is copied. The first conv of a model with `in_chans != 3` gets RGB weights adapted as timm
+does (`adapt_input_conv`).
 
-The authors' BAM checkpoints (`RESNET50_IMAGENET_BAM_best.pth.tar`) load their backbone only:
-their BAM multiplies the channel and spatial branches and keeps batch norm inside the MLP and
-biases in the spatial convs, whereas attnres' BAM follows the paper (branches summed, batch
-norm after the MLP and the spatial convs), so no BAM weight has a counterpart. Their BAM
-modules (`bam1..3`, after stages 1..3) come back as `unexpected` in the report; build the
-model with `bam_authors_model(arch)` and pass `identity_init_missing=True` to fine-tune
-fresh, identity-initialised BAM modules on the authors' backbone.
-
-Every non-attention parameter and buffer of the model must be found in the source with the
-same shape, or the call fails naming the keys, before anything is copied.
+Attention modules are found through the registry (`iter_attention`; an `IdentityInit`
+wrapper counts as its gate) and the slots the model's `ModelInfo` records. Loading updates
+the model's `ModelInfo`: `weights`, `load_report`, and for torchvision weights and the
+authors' checkpoints the `preprocessing` they were trained with.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import urllib.error
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..attention import ATTENTION, closest
-from .insert import wrap_identity
+from ..attention import iter_attention
+from .info import LoadReport, Preprocessing, _preview, get_model_info
+from .insert import IdentityInit, wrap_identity
+from .layout import describe_model, ensure_model_info, first_conv
+from .sources import (CHECKPOINT_KEYS, WRAPPER_PREFIXES, adapt_input_conv, default_weights,
+                      find_state_dict, read_state_dict, strip_wrapper_prefixes,
+                      torchvision_state_dict, torchvision_weights, weights_preprocessing)
 
-# Keys under which training scripts nest the model's state dict in a checkpoint.
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net",
-                   "weights", "params")
-# Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# Child names of the attention slots in attnres models and of modules inserted later.
-ATTENTION_SLOTS = ("attn", "attn_post", "attn_before", "attn_after", "stem_attn", "head_attn",
-                   "stage_attn")
 FILE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".safetensors")
-# Depths that the authors' `ResidualNet` builds.
-AUTHORS_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
-# attnres CBAM options equal to the authors' CBAM.
-AUTHORS_CBAM_KWARGS: dict[str, Any] = dict(reduction=16, pool_types=("avg", "max"),
-                                            kernel_size=7, order="channel-first",
-                                            mlp_bias=True, spatial_norm="batch")
-
-_CBAM_KEY = re.compile(r"^(?P<block>.+)\.cbam\.(?P<gate>ChannelGate|SpatialGate)\.(?P<rest>.+)$")
-_BAM_KEY = re.compile(r"^bam(?P<stage>[1-3])\.(channel_att|spatial_att)\.")
-# The authors' names inside CBAM -> attnres names.
-_CBAM_RENAMES = {
-    ("ChannelGate", "mlp.1"): "channel_gate.fc1",
-    ("ChannelGate", "mlp.3"): "channel_gate.fc2",
-    ("SpatialGate", "spatial.conv"): "spatial_gate.conv",
-    ("SpatialGate", "spatial.bn"): "spatial_gate.norm",
-}
+StateDict = Mapping[str, torch.Tensor]
 
 
-@dataclass
-class LoadReport:
-    """What `load_pretrained` did.
+def _never(key: str) -> bool:
+    return False
 
-    Attributes:
-        source: where the weights came from (file path, torchvision weights, ...).
-        format: "state-dict", "torchvision", "cbam-authors" or "bam-authors".
-        loaded: number of model state-dict entries copied from the source.
-        missing_attention: model attention keys the source has no value for (they keep their
-            initialisation, or their modules are made identity, see `identity_init`).
-        unexpected: source keys the model has no place for (e.g. attention weights loaded
-            into a plain model, or the authors' BAM weights).
-        skipped: model keys left as initialised because they matched `skip`.
-        identity_init: attention modules made identity at start (`identity_init_missing`).
+
+def _no_problems(state: StateDict, target: StateDict) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """A state-dict layout that `load_pretrained` recognises and converts.
+
+    detect: whether a state dict is in this layout.
+    convert: the state dict with attnres names and layouts.
+    set_aside: source keys with no attnres counterpart (reported as `unexpected`).
+    check: extra problems of loading `state` into a model with state dict `target`.
+    hint: added to the error when attention modules would load only in part.
+    preprocessing: the inputs the weights were trained with.
     """
 
-    source: str
-    format: str
-    loaded: int
-    missing_attention: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    identity_init: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        parts = [f"loaded {self.loaded} tensors from {self.source} ({self.format})"]
-        for name in ("missing_attention", "unexpected", "skipped", "identity_init"):
-            values = getattr(self, name)
-            if values:
-                parts.append(f"{name.replace('_', ' ')}: {len(values)} ({_preview(values)})")
-        return "; ".join(parts)
+    name: str
+    detect: Callable[[StateDict], bool]
+    convert: Callable[[StateDict], dict[str, torch.Tensor]] = dict
+    set_aside: Callable[[str], bool] = _never
+    check: Callable[[StateDict, StateDict], list[str]] = _no_problems
+    hint: str = ""
+    preprocessing: Preprocessing | None = None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+_FORMATS: dict[str, SourceFormat] = {}
+_PLAIN = SourceFormat("state-dict", detect=lambda state: True)
 
 
-def _preview(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+def register_format(fmt: SourceFormat) -> SourceFormat:
+    """Add `fmt` to the layouts `load_pretrained` recognises (tried in registration order)."""
+    _FORMATS[fmt.name] = fmt
+    return fmt
 
 
-# --------------------------------------------------------------------------- reading sources
+def detect_format(state_dict: StateDict) -> str:
+    """The name of the registered layout of `state_dict` ("cbam-authors", "bam-authors"),
+    or "state-dict" (attnres / torchvision names)."""
+    return next((f.name for f in _FORMATS.values() if f.detect(state_dict)), "state-dict")
 
-def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """The state dict in a `.safetensors` / `.pth` / `.pt` / `.pth.tar` file.
-
-    Torch files are read with `weights_only=True` (a pickle that would run code is refused);
-    a checkpoint dict is searched for the state dict it holds, and wrapper prefixes
-    (`module.`, `_orig_mod.`) are removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} not found")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        device = str(map_location) if map_location is not None else "cpu"
-        try:
-            return strip_wrapper_prefixes(load_file(str(path), device=device))
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read {str(path)!r} as a safetensors file: "
-                             f"{_first_line(e)}") from e
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise ValueError(f"cannot read {str(path)!r} as a torch file: {_first_line(e)}") from e
-        # torch's message is long; its line naming the refused global is the useful one
-        lines = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
-        reason = (lines[0].split(" was not")[0] if lines
-                  else "objects that weights_only=True does not allow")
-        raise ValueError(f"refusing to load {str(path)!r}: it holds Python objects other than "
-                         f"tensors and containers ({reason}); if you trust it, re-save just "
-                         f"its state dict with torch.save") from e
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        raise ValueError(f"cannot read {str(path)!r} as a torch file (truncated, or not a "
-                         f"checkpoint): {type(e).__name__}: {_first_line(e)}") from e
-    return strip_wrapper_prefixes(find_state_dict(obj, str(path)))
-
-
-def find_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint: `obj` itself when it maps names to tensors,
-    else the first of `CHECKPOINT_KEYS` holding one (searched recursively)."""
-    if isinstance(obj, Mapping):
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return dict(obj)
-        for key in CHECKPOINT_KEYS:
-            if key in obj:
-                try:
-                    return find_state_dict(obj[key], f"{where}[{key!r}]")
-                except ValueError:
-                    continue
-    keys = f" (keys: {_preview([str(k) for k in obj])})" if isinstance(obj, Mapping) else ""
-    raise ValueError(f"no state dict found in {where}{keys}; expected a dict of tensors or a "
-                     f"checkpoint holding one under {', '.join(CHECKPOINT_KEYS)}")
-
-
-def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove `module.` (DataParallel, DDP) and `_orig_mod.` (torch.compile) prefixes that
-    every key carries."""
-    state = dict(state_dict)
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
-    return state
-
-
-def torchvision_weights(arch: str | None, name: str) -> Any:
-    """The torchvision weights enum member `name` ("IMAGENET1K_V2", "DEFAULT", or
-    "ResNet50_Weights.IMAGENET1K_V2") for the torchvision architecture `arch`."""
-    from torchvision.models import get_model_weights, get_weight
-
-    if "_Weights." in name:
-        try:
-            return get_weight(name)
-        except (ValueError, KeyError, AttributeError) as e:
-            raise ValueError(f"unknown torchvision weights {name!r}") from e
-    if arch is None:
-        raise ValueError(f"the model records no architecture (model.build_args['arch']); pass "
-                         f"the full torchvision weights name, e.g. 'ResNet50_Weights.{name}', "
-                         f"or a file path")
-    try:
-        enum = get_model_weights(arch)
-    except ValueError as e:
-        raise ValueError(f"torchvision has no weights for {arch!r}; pass a weights file "
-                         f"instead") from e
-    names = list(enum.__members__)
-    if name not in names:
-        raise ValueError(f"unknown weights {name!r} for {arch}{closest(name, names)}; "
-                         f"allowed: {', '.join(names)}, or a file path")
-    return enum[name]
-
-
-def torchvision_state_dict(weights: Any, map_location: Any = "cpu",
-                           progress: bool = True) -> dict[str, torch.Tensor]:
-    """The state dict of torchvision `weights`, from torch.hub's cache or downloaded into it.
-
-    Offline, raises FileNotFoundError naming the file and the folder to put it in.
-    """
-    filename = os.path.basename(weights.url)
-    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
-    try:
-        return weights.get_state_dict(progress=progress, map_location=map_location,
-                                      weights_only=True)
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise FileNotFoundError(
-            f"cannot download {weights} ({e}); offline, put {filename} (from {weights.url}) "
-            f"into {cache_dir}") from e
-
-
-# ----------------------------------------------------------------- the authors' checkpoints
-
-def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """"cbam-authors", "bam-authors" (Jongchan/attention-module key names) or "state-dict"."""
-    if any(_CBAM_KEY.match(k) for k in state_dict):
-        return "cbam-authors"
-    if any(_BAM_KEY.match(k) for k in state_dict):
-        return "bam-authors"
-    return "state-dict"
-
-
-def convert_cbam_authors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The authors' ResNet + CBAM state dict with attnres names and layouts.
-
-    `layerS.I.cbam.ChannelGate.mlp.{1,3}` -> `layerS.I.attn.channel_gate.fc{1,2}`,
-    `...SpatialGate.spatial.conv` -> `...attn.spatial_gate.conv` with its two input channels
-    swapped ([max, mean] -> [mean, max]), `...SpatialGate.spatial.bn` ->
-    `...attn.spatial_gate.norm`. Backbone keys are torchvision's already and stay.
-    """
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        match = _CBAM_KEY.match(key)
-        if match is None:
-            converted[key] = value
-            continue
-        module, _, param = match["rest"].rpartition(".")
-        new_module = _CBAM_RENAMES.get((match["gate"], module))
-        if new_module is None:
-            raise ValueError(f"unrecognised key {key!r} in a CBAM authors' checkpoint; known "
-                             f"modules: {', '.join(f'{g}.{m}' for g, m in _CBAM_RENAMES)}")
-        if new_module == "spatial_gate.conv" and param == "weight":
-            if value.ndim != 4 or value.shape[1] != 2:
-                raise ValueError(f"{key!r} has shape {tuple(value.shape)}; expected (1, 2, k, k)")
-            value = value[:, [1, 0]].clone()  # [max, mean] -> [mean, max]
-        converted[f"{match['block']}.attn.{new_module}.{param}"] = value
-    return converted
-
-
-def cbam_authors_model(arch: str = "resnet50", num_classes: int = 1000,
-                       pretrained: str | os.PathLike | None = None) -> nn.Module:
-    """The attnres model equivalent to the CBAM authors' `ResidualNet("ImageNet", depth,
-    num_classes, "CBAM")`: CBAM in every block (placement `block`) with `AUTHORS_CBAM_KWARGS`.
-
-    `pretrained` (e.g. the path of `RESNET50_CBAM_new_name_wrap.pth`) is loaded with
-    `load_pretrained`. Input `(B, 3, 224, 224)` reproduces their outputs, see the module doc.
-    """
-    from .build import build_model
-
-    if arch not in AUTHORS_ARCHS:
-        raise ValueError(f"the CBAM authors' code builds {', '.join(AUTHORS_ARCHS)}, not "
-                         f"{arch!r}{closest(arch, list(AUTHORS_ARCHS))}")
-    return build_model(arch, attention="cbam", placement="block", num_classes=num_classes,
-                       pretrained=pretrained, attention_kwargs=dict(AUTHORS_CBAM_KWARGS))
-
-
-def bam_authors_model(arch: str = "resnet50", num_classes: int = 1000) -> nn.Module:
-    """The attnres model with BAM where the BAM authors put it, after stages 1, 2 and 3
-    (`stage_attn.layer1..3`). attnres' BAM follows the paper, so only the authors' backbone
-    loads into it (see the module doc)."""
-    from .build import build_model
-
-    if arch not in AUTHORS_ARCHS:
-        raise ValueError(f"the BAM authors' code builds {', '.join(AUTHORS_ARCHS)}, not "
-                         f"{arch!r}{closest(arch, list(AUTHORS_ARCHS))}")
-    return build_model(arch, attention="bam", placement="stage", stages=[1, 2, 3],
-                       num_classes=num_classes)
-
-
-# ------------------------------------------------------------------------------- loading
 
 def attention_module_names(model: nn.Module) -> list[str]:
-    """Names of the outermost attention modules holding parameters or buffers: the filled
-    attnres slots (`layerS.I.attn`, `stage_attn.layerS`, ...), modules inserted as
-    `attn_before` / `attn_after`, and any module of a registered attention class."""
-    gate_types = tuple(ATTENTION.values())
-    slots = set(getattr(model, "attention_slots", ()))
+    """Names of the outermost attention modules holding parameters or buffers: registered
+    gate modules (`iter_attention`; an `IdentityInit` wrapper stands for its gate) and the
+    attention slots recorded in the model's `ModelInfo`."""
+    modules = dict(model.named_modules())
+    candidates = set()
+    for path, _, _ in iter_attention(model, kind="gate"):
+        parent, _, last = path.rpartition(".")
+        candidates.add(parent if last == "attn" and isinstance(modules.get(parent), IdentityInit)
+                       else path)
+    info = get_model_info(model)
+    candidates.update(p for p in (info.attention_slots if info else ()) if p in modules)
     names: list[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(n + ".") for n in names):
+    for name, module in modules.items():
+        if name not in candidates or any(name.startswith(n + ".") for n in names):
             continue
-        parts = name.split(".")
-        is_slot = (name in slots or parts[-1] in ATTENTION_SLOTS
-                   or (parts[0] == "stage_attn" and len(parts) == 2))
-        if parts == ["stage_attn"] or not (is_slot or isinstance(module, gate_types)):
-            continue  # stage_attn itself is a ModuleDict of slots
         if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
             names.append(name)
     return names
@@ -338,48 +117,24 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p if p.endswith(".") else p + ".") for p in patterns)
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
-                    strict_attention: bool = False, identity_init_missing: bool = False,
-                    map_location: Any = "cpu", skip: Sequence[str] = (),
-                    head: str | None = None, progress: bool = True) -> LoadReport:
-    """Load pretrained weights into `model` in place and say what was loaded.
+def _adapt_first_conv(model: nn.Module, state: dict[str, torch.Tensor],
+                      target: StateDict) -> list[str]:
+    """Adapt an RGB first-conv weight of `state` to the model's input channels in place."""
+    name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    key = f"{name}.weight" if name is not None else None
+    if key not in state or key not in target:
+        return []
+    have, want = state[key].shape, target[key].shape
+    if have == want or have[1] != 3 or (have[0], *have[2:]) != (want[0], *want[2:]):
+        return []
+    state[key] = adapt_input_conv(state[key], want[1])
+    return [key]
 
-    Args:
-        model: an attnres model (its `build_args["arch"]` picks torchvision weights) or any
-            module whose non-attention names match the source.
-        source: torchvision weights name, file path, state dict, or the CBAM authors'
-            checkpoint (see the module doc).
-        strict_attention: fail when attention keys of the model are missing from the source
-            or source keys are unused.
-        identity_init_missing: make attention modules that got no weights an exact identity
-            at start (a learnable scale s = 0 in y = x + s * (attn(x) - x)).
-        map_location: passed to `torch.load`.
-        skip: keys or key prefixes of the model to leave as initialised, e.g. `["fc"]` to
-            fine-tune ImageNet weights on another number of classes.
-        head: the classifier's module name (e.g. "fc"), skipped only when the source's has
-            another shape (another number of classes), so that it trains afresh.
-        progress: show torchvision's download progress bar.
 
-    Raises:
-        ValueError: a non-attention key of the model is missing from the source or has another
-            shape, an attention module would be loaded only in part, or the source is bad.
-        FileNotFoundError: the file is missing, or torchvision weights cannot be downloaded.
-    """
-    state, description, fmt = _resolve_source(model, source, map_location, progress)
-    if fmt == "cbam-authors":
-        state = convert_cbam_authors(state)
-    # The authors' BAM has no counterpart in attnres' (paper) BAM: set aside, reported.
-    set_aside = [k for k in state if fmt == "bam-authors" and _BAM_KEY.match(k)]
-    state = {k: v for k, v in state.items() if k not in set_aside}
-
-    target = model.state_dict()
-    attn_modules = attention_module_names(model)
-    if head is not None and any(k in state and state[k].shape != v.shape
-                                for k, v in target.items() if _matches(k, [head])):
-        skip = [*skip, head]
-    skipped = [k for k in target if _matches(k, skip)]
+def _problems(fmt: SourceFormat, state: StateDict, target: StateDict, skipped: list[str],
+              attn_modules: list[str]) -> tuple[list[str], list[str], set[str]]:
+    """(problems, missing attention keys, attention modules that get no weights)."""
     problems: list[str] = []
-
     missing = [k for k in target if k not in state and k not in skipped
                and not k.endswith("num_batches_tracked")]
     missing_backbone = [k for k in missing if _owner(k, attn_modules) is None]
@@ -401,16 +156,53 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, t
     overfed = {_owner(k, attn_modules) for k in state if k not in target} - {None}
     partial = sorted((fed & starved) | overfed)
     if partial:
-        hint = "; build the model with cbam_authors_model()" if fmt == "cbam-authors" else ""
         problems.append(f"attention modules whose weights differ in the source, built with "
-                        f"other options? ({_preview(partial)}){hint}")
-    if fmt == "cbam-authors" and target.get("conv1.weight") is not None \
-            and state.get("conv1.weight") is not None \
-            and state["conv1.weight"].shape[-1] == 3 and target["conv1.weight"].shape[-1] == 7:
-        problems.append("this is the authors' CIFAR ResNet (3x3 stem, stages of 64..512 "
-                        "channels), which has no attnres architecture")
+                        f"other options? ({_preview(partial)}){fmt.hint}")
+    return problems + fmt.check(state, target), missing_attention, starved
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                    strict_attention: bool = False, identity_init_missing: bool = False,
+                    map_location: Any = "cpu", skip: Sequence[str] = (),
+                    head: str | None = None, progress: bool = True) -> LoadReport:
+    """Load pretrained weights into `model` in place and say what was loaded.
+
+    Args:
+        model: an attnres model (its architecture picks torchvision weights) or any module
+            whose non-attention names match the source.
+        source: torchvision weights name, file path, state dict, or the CBAM authors'
+            checkpoint (see the module doc).
+        strict_attention: fail when attention keys of the model are missing from the source
+            or source keys are unused.
+        identity_init_missing: make attention modules that got no weights an exact identity
+            at start (a learnable scale s = 0 in y = x + s * (attn(x) - x)).
+        map_location: passed to `torch.load`.
+        skip: keys or key prefixes of the model to leave as initialised, e.g. `["fc"]` to
+            fine-tune ImageNet weights on another number of classes.
+        head: the classifier's module name (e.g. "fc"), skipped only when the source's has
+            another shape (another number of classes), so that it trains afresh.
+        progress: show torchvision's download progress bar.
+
+    Raises:
+        ValueError: a non-attention key of the model is missing from the source or has another
+            shape, an attention module would be loaded only in part, or the source is bad.
+        FileNotFoundError: the file is missing, or torchvision weights cannot be downloaded.
+    """
+    state, description, fmt, weights = _resolve_source(model, source, map_location, progress)
+    state = fmt.convert(state)
+    set_aside = [k for k in state if fmt.set_aside(k)]
+    state = {k: v for k, v in state.items() if k not in set_aside}
+
+    target = model.state_dict()
+    adapted = _adapt_first_conv(model, state, target)
+    attn_modules = attention_module_names(model)
+    head_skipped = head is not None and any(k in state and state[k].shape != v.shape
+                                            for k, v in target.items() if _matches(k, [head]))
+    skip = [*skip, head] if head_skipped else list(skip)
+    skipped = [k for k in target if _matches(k, skip)]
+    problems, missing_attention, starved = _problems(fmt, state, target, skipped, attn_modules)
     if problems:
-        name = getattr(model, "build_args", {}).get("arch", type(model).__name__)
+        name = describe_model(model).architecture or type(model).__name__
         raise ValueError(f"cannot load {description} into {name}: " + "; ".join(problems))
 
     unexpected = set_aside + [k for k in state if k not in target]
@@ -427,17 +219,42 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, t
     identity: list[str] = []
     if identity_init_missing:
         identity = wrap_identity(model, [n for n in attn_modules if n in starved])
-    return LoadReport(source=description, format=fmt, loaded=len(to_load),
-                      missing_attention=missing_attention, unexpected=unexpected,
-                      skipped=skipped, identity_init=identity)
+    report = LoadReport(source=description, format=fmt.name, loaded=len(to_load),
+                        missing_attention=missing_attention, unexpected=unexpected,
+                        skipped=skipped, identity_init=identity, adapted=adapted)
+    # class names only when the source's classifier was loaded: every source tensor was
+    _record(model, report, weights, fmt, head_loaded=len(to_load) == len(state))
+    return report
 
 
-def _resolve_source(model: nn.Module, source: Any, map_location: Any,
-                    progress: bool) -> tuple[dict[str, torch.Tensor], str, str]:
-    """(state dict, description, format) for any accepted `source`."""
+def _record(model: nn.Module, report: LoadReport, weights: Any, fmt: SourceFormat,
+            head_loaded: bool) -> None:
+    """The load in the model's `ModelInfo`: weights, report, and known preprocessing."""
+    info = ensure_model_info(model)
+    conv = first_conv(model)
+    in_chans = conv.in_channels if conv is not None else 3
+    info.load_report = report
+    if weights is not None and not isinstance(weights, str):  # a torchvision enum member
+        info.weights = f"{type(weights).__name__}.{weights.name}"
+        info.preprocessing = weights_preprocessing(weights, in_chans, head=head_loaded)
+        return
+    info.weights = weights
+    if fmt.preprocessing is not None:
+        rgb = in_chans == 3
+        info.preprocessing = replace(fmt.preprocessing, mean=fmt.preprocessing.mean if rgb
+                                     else None, std=fmt.preprocessing.std if rgb else None)
+
+
+def _resolve_source(model: nn.Module, source: Any, map_location: Any, progress: bool
+                    ) -> tuple[dict[str, torch.Tensor], str, SourceFormat, Any]:
+    """(state dict, description, format, weights: a path, a torchvision enum member or
+    "<state dict>") for any accepted `source`."""
+    def layout(state: StateDict) -> SourceFormat:
+        return _FORMATS.get(detect_format(state), _PLAIN)
+
     if isinstance(source, Mapping):
         state = strip_wrapper_prefixes(find_state_dict(source, "the given dict"))
-        return state, "the given state dict", detect_format(state)
+        return state, "the given state dict", layout(state), "<state dict>"
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"pretrained source {source!r}: expected a torchvision weights name, "
                          f"a file path or a state dict")
@@ -446,8 +263,16 @@ def _resolve_source(model: nn.Module, source: Any, map_location: Any,
                        or os.path.exists(text))
     if looks_like_file:
         state = read_state_dict(text, map_location)
-        return state, repr(text), detect_format(state)
-    arch = getattr(model, "build_args", {}).get("arch")
-    weights = torchvision_weights(arch, text)
+        return state, repr(text), layout(state), text
+    info = describe_model(model)
+    weights = torchvision_weights(info.architecture if info.library == "attnres" else None, text)
     state = torchvision_state_dict(weights, map_location, progress)
-    return strip_wrapper_prefixes(state), f"torchvision {weights}", "torchvision"
+    fmt = replace(_PLAIN, name="torchvision")
+    return strip_wrapper_prefixes(state), f"torchvision {weights}", fmt, weights
+
+
+__all__ = ["CHECKPOINT_KEYS", "FILE_SUFFIXES", "LoadReport", "SourceFormat", "WRAPPER_PREFIXES",
+           "adapt_input_conv", "attention_module_names", "default_weights", "detect_format",
+           "find_state_dict", "load_pretrained", "read_state_dict", "register_format",
+           "strip_wrapper_prefixes", "torchvision_state_dict", "torchvision_weights",
+           "weights_preprocessing"]

@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 from ..attention import SKConv, SplitAttnConv2d
+from .info import IMAGENET_MEAN, IMAGENET_STD, InfoAttributes, Preprocessing
 
 STEMS = ("imagenet", "cifar", "deep")
 SHORTCUTS = ("conv", "pad", "avgpool")
@@ -173,21 +174,23 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-class ResNet(tv.ResNet):
-    """A ResNet of any number of stages: `(B, 3, H, W) -> (B, num_classes)` logits.
+class ResNet(InfoAttributes, tv.ResNet):
+    """A ResNet of any number of stages: `(B, in_chans, H, W) -> (B, num_classes)` logits
+    (`num_classes=0`: no classifier, `(B, num_features)` pooled features, as in timm).
 
     Reuses torchvision's `_make_layer`; `stem` picks the input layers ("imagenet": 7x7/2
     conv + 3x3/2 max pool; "cifar": 3x3 conv, no pool; "deep": three 3x3 convs 32-32-64 +
     max pool), `shortcut` the projection of strided / widening blocks ("conv": 1x1 conv +
     BN; "pad": parameter-free subsample + zero channels; "avgpool": average pool, 1x1 conv,
     BN). Attention slots: `stem_attn`, `stage_attn[layerS]`, `head_attn`, and `attn` /
-    `attn_post` in each block.
+    `attn_post` in each block. `build_args`, `preprocessing`, ... read `model_info`
+    (`attnres.models.info`).
     """
 
     def __init__(self, block: type[nn.Module], layers: Sequence[int], widths: Sequence[int],
                  *, stem: str = "imagenet", shortcut: str = "conv", num_classes: int = 1000,
                  groups: int = 1, width_per_group: int = 64, zero_init_residual: bool = False,
-                 norm_layer: Callable[..., nn.Module] | None = None) -> None:
+                 norm_layer: Callable[..., nn.Module] | None = None, in_chans: int = 3) -> None:
         nn.Module.__init__(self)  # torchvision's __init__ hard-codes four stages and the stem
         if stem not in STEMS:
             raise ValueError(f"stem={stem!r}; allowed: {', '.join(STEMS)}")
@@ -202,12 +205,13 @@ class ResNet(tv.ResNet):
 
         self.inplanes = 64 if stem != "cifar" else widths[0]
         if stem == "imagenet":
-            self.conv1: nn.Module = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+            self.conv1: nn.Module = nn.Conv2d(in_chans, self.inplanes, 7, 2, 3, bias=False)
         elif stem == "cifar":
-            self.conv1 = nn.Conv2d(3, self.inplanes, 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, self.inplanes, 3, 1, 1, bias=False)
         else:  # ResNeSt deep stem; its last conv is followed by bn1 / relu below
             self.conv1 = nn.Sequential(
-                nn.Conv2d(3, 32, 3, 2, 1, bias=False), self._norm_layer(32), nn.ReLU(inplace=True),
+                nn.Conv2d(in_chans, 32, 3, 2, 1, bias=False), self._norm_layer(32),
+                nn.ReLU(inplace=True),
                 nn.Conv2d(32, 32, 3, 1, 1, bias=False), self._norm_layer(32), nn.ReLU(inplace=True),
                 nn.Conv2d(32, self.inplanes, 3, 1, 1, bias=False))
         self.bn1 = self._norm_layer(self.inplanes)
@@ -225,9 +229,10 @@ class ResNet(tv.ResNet):
 
         self.num_features = self.inplanes
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc: nn.Module = (nn.Linear(self.num_features, num_classes) if num_classes
+                              else nn.Identity())
 
-        if self.fc.weight.is_meta:  # shapes only (e.g. counting parameters): nothing to fill
+        if self.bn1.weight.is_meta:  # shapes only (e.g. counting parameters): nothing to fill
             return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -256,6 +261,11 @@ class ResNet(tv.ResNet):
                     pool, nn.Conv2d(inplanes, out, 1, bias=False), self._norm_layer(out))
         return layer
 
+    @property
+    def num_classes(self) -> int:
+        """Logits per image; 0 when there is no classifier."""
+        return self.fc.out_features if isinstance(self.fc, nn.Linear) else 0
+
     def stage(self, index: int) -> nn.Sequential:
         """Stage `index` (1-based), e.g. `stage(1) is model.layer1`."""
         return getattr(self, self.stage_names[index - 1])
@@ -278,3 +288,67 @@ def resnet_from_spec(spec: ArchSpec, *, num_classes: int | None = None,
                   num_classes=spec.num_classes if num_classes is None else num_classes,
                   groups=spec.groups, width_per_group=spec.width_per_group,
                   zero_init_residual=zero_init_residual, **kwargs)
+
+
+def adopt_torchvision(model: nn.Module) -> ResNet:
+    """Make a torchvision ResNet / ResNeXt / wide ResNet an attnres `ResNet` in place: its
+    blocks become attnres' `BasicBlock` / `Bottleneck` (subclasses adding only the empty
+    slots `attn` / `attn_post`) and the network gets `stem_attn`, `stage_attn`, `head_attn`.
+    Parameters, keys and outputs are unchanged. An attnres `ResNet` is returned as it is."""
+    if isinstance(model, ResNet):
+        return model
+    blocks = {tv.BasicBlock: BasicBlock, tv.Bottleneck: Bottleneck}
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    found = sorted({type(b).__name__ for s in stages if s is not None for b in s
+                    if type(b) not in blocks})
+    if type(model) is not tv.ResNet or found:
+        raise ValueError(f"{type(model).__name__} is not a torchvision ResNet of its own "
+                         f"BasicBlock / Bottleneck (found {', '.join(found) or 'a subclass'})")
+    for stage in stages:
+        for block in stage:
+            block.__class__ = blocks[type(block)]
+            block.attn, block.attn_post = nn.Identity(), nn.Identity()
+    model.__class__ = ResNet
+    model.shortcut, model.stage_names = "conv", [f"layer{i}" for i in range(1, 5)]
+    model.stem_channels, model.num_features = model.bn1.num_features, model.inplanes
+    model.stem_attn = nn.Identity()
+    model.stage_attn = nn.ModuleDict({name: nn.Identity() for name in model.stage_names})
+    model.head_attn = nn.Identity()
+    return model
+
+
+def arch_name(model: nn.Module) -> str | None:
+    """The `ARCHS` name whose network `model` (an attnres `ResNet` or a torchvision one) is:
+    same blocks, depths, widths, groups, stem, shortcuts and batch norms; else None."""
+    norms = {type(m) for m in model.modules() if "Norm" in type(m).__name__}
+    if norms != {nn.BatchNorm2d} or getattr(model, "dilation", 1) != 1:
+        return None
+    as_attnres = {tv.BasicBlock: BasicBlock, tv.Bottleneck: Bottleneck}
+    stem = ("deep" if isinstance(model.conv1, nn.Sequential)
+            else "imagenet" if model.conv1.kernel_size[0] == 7 else "cifar")
+    stages = [getattr(model, n) for n in getattr(model, "stage_names", ["layer1", "layer2",
+                                                                         "layer3", "layer4"])]
+    types = {as_attnres.get(type(b), type(b)) for s in stages for b in s}
+    widths = [(s[0].bn3 if hasattr(s[0], "bn3") else s[0].bn2).num_features for s in stages]
+    for name, spec in ARCHS.items():
+        if (tuple(len(s) for s in stages) == spec.layers and stem == spec.stem
+                and types == {spec.block} and getattr(model, "shortcut", "conv") == spec.shortcut
+                and (model.groups, model.base_width) == (spec.groups, spec.width_per_group)
+                and widths == [w * spec.block.expansion for w in spec.widths]):
+            return name
+    return None
+
+
+def default_preprocessing(arch: str | None, in_chans: int = 3) -> Preprocessing:
+    """The data-independent preprocessing of architecture `arch`: ImageNet's statistics and
+    torchvision's evaluation transform (resize 256, bilinear, centre crop 224) for the
+    ImageNet nets; for the CIFAR nets only their 32 x 32 input (the statistics are the
+    data's). Mean and std are unknown (None) for `in_chans != 3`. `source="architecture"`."""
+    if arch not in ARCHS:
+        return Preprocessing()
+    if ARCHS[arch].stem == "cifar":
+        return Preprocessing(image_size=32, source="architecture")
+    rgb = in_chans == 3
+    return Preprocessing(mean=IMAGENET_MEAN if rgb else None, std=IMAGENET_STD if rgb else None,
+                         image_size=224, resize_size=256, interpolation="bilinear",
+                         source="architecture")
