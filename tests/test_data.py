@@ -256,11 +256,10 @@ def test_folder_with_grey_rgba_mixed_sizes_and_junk(tmp_path):
     _write_png(root / "class1" / "rgba.png", Image.fromarray(rgba, "RGBA"))
     _write_png(root / "class2" / "big.png", Image.new("RGB", (30, 24), (5, 6, 7)))
     (root / "class2" / "notes.txt").write_text("not an image")
-    (root / "empty_class").mkdir()
     with pytest.warns(UserWarning) as record:
         data = load_dataset(str(root), val_split=3, cache_dir=tmp_path / "cache")
     messages = " ".join(str(w.message) for w in record)
-    assert "empty_class" in messages and "notes.txt" in messages
+    assert "notes.txt" in messages  # (empty class folders: tests/test_data_integrity.py)
     assert data.classes == ["class0", "class1", "class2"] and data.image_size == 12
     assert data.kind == "small"
     images = torch.cat([data.train.images, data.val.images])

@@ -11,8 +11,11 @@ Specs:
 - ``"cifar10"`` / ``"cifar100"``: torchvision's data sets (downloaded when online).
 - a path to an ImageFolder directory (``root/<class>/<image>``, or ``root/train/<class>`` and
   ``root/val/<class>``) or to a ``.tar`` / ``.tar.gz`` / ``.tgz`` archive holding one.
-  Decoded images are cached as ``.npy`` + ``.npz`` in ``cache_dir`` (default ``$ATTNRES_CACHE`` or
-  ``~/.cache/attnres``), keyed by the archive's sha256 or the folder's file list.
+  Images of every mode become 8-bit RGB by fixed rules (16-bit by value / 257, alpha over
+  white; see `decode`). Decoded images are cached as ``.npy`` + ``.npz`` in ``cache_dir``
+  (``--cache-dir``; default ``$ATTNRES_CACHE``, else ``~/.cache/attnres``), one entry per
+  archive sha256 or folder listing and image size, checked against its header on every load
+  and rebuilt with a warning when anything does not match (see `cache`).
 
 Modules: `splits` (validation splits), `datasets` (ImageData, statistics), `named` (digits,
 CIFAR), `decode` (image bytes to RGB), `cache`, `folder` (ImageFolder folders and archives),
@@ -48,8 +51,9 @@ def load_dataset(spec: str, *, val_split: float | None = None, seed: int = 0,
     image_size: side of the images the model sees; default 32 for digits/cifar, the most
         common side for folders (224 when above 64 px).
     sha256: expected archive checksum (also read from a `<archive>.sha256` sidecar).
-    Images of any mode are converted to RGB; other sizes are resized (shorter side) and centre
-    cropped. Unreadable images raise ValueError listing them before any training starts.
+    Images of any mode are converted to RGB (rules in `attnres.data.decode`); other sizes are
+    resized (shorter side) and centre cropped. Unreadable images and empty class folders raise
+    ValueError listing all of them before any training starts.
     """
     if not isinstance(spec, (str, os.PathLike)) or not str(spec):
         raise ValueError(f"data spec {spec!r} must be a name ({', '.join(NAMED_DATASETS)}) "

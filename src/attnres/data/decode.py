@@ -1,5 +1,31 @@
-"""Image bytes -> uint8 RGB `(3, S, S)`: torchvision's decoders with PIL as the fallback,
-every mode made RGB, other sizes resized and centre cropped, sizes probed from headers."""
+"""Image bytes -> uint8 RGB `(3, S, S)`: every PIL mode made RGB by the rules below, other
+sizes resized and centre cropped, sizes probed from headers.
+
+How each mode becomes 8-bit RGB (the tests check every rule against numpy):
+
+- 8-bit channels are kept; mode "1" is 0 or 255; grey is repeated over the 3 channels;
+  palette images ("P", "PA") are looked up in their palette.
+- 16-bit channels ("I;16", "I;16B", 16-bit PNGs) are scaled by their nominal range,
+  value / 257 rounded (0 -> 0, 65535 -> 255), the same for every image, so a dark scan stays
+  dark. (PIL's own `convert("L")` clips them at 255 instead: almost every pixel white.)
+- 32-bit integers ("I", which 16-bit PGMs and TIFFs open as): as 16-bit when every value
+  lies in 0..65535, else the image's own min..max is stretched onto 0..255.
+- floats ("F"): value * 255 rounded when every value lies in [0, 1], else the image's own
+  min..max is stretched onto 0..255; NaN and infinities become 0.
+- alpha (LA, RGBA, PA, a palette's or a colour key's transparency) is composited over white:
+  round(c * a + 255 * (1 - a)) with a = alpha / 255, after 16-bit channels are brought to
+  8 bits; fully transparent pixels are white.
+- CMYK: R = (255 - C) * (255 - K) / 255 rounded (G from M, B from Y), as libjpeg does.
+- YCbCr: JFIF full-range BT.601, R = Y + 1.402 (Cr - 128), G = Y - 0.344136 (Cb - 128)
+  - 0.714136 (Cr - 128), B = Y + 1.772 (Cb - 128), rounded and clipped.
+- HSV, RGBX and premultiplied La / RGBa go through PIL's conversion; other modes (LAB, ...)
+  are a ValueError naming the mode.
+
+JPEGs, and PNGs and WebPs with neither a palette nor a colour key, decode through
+torchvision (libjpeg-turbo, libpng, libwebp; about 10x faster than PIL for small JPEGs);
+every other file through PIL. Multi-frame files give their first frame. Without torchvision,
+16-bit colour PNGs keep PIL's high byte (value >> 8, at most 1 below value / 257).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +41,9 @@ import torch.nn.functional as F
 from .augment import center_crop
 from .datasets import SMALL_MAX_SIZE
 
+# modes left to PIL's own conversion (rare in files); every other mode has a rule here
+_PIL_CONVERTS = {"HSV": "RGB", "RGBX": "RGB", "La": "LA", "RGBa": "RGBA"}
+
 
 def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 `(3, h, w)` -> `(3, size, size)`: shorter side resized to `size`, centre crop."""
@@ -28,33 +57,140 @@ def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
     return center_crop(x.round_().clamp_(0, 255).to(torch.uint8), size)
 
 
-def _to_rgb(image: torch.Tensor) -> torch.Tensor:
-    """uint8 `(C, h, w)` with C in 1..4 -> RGB `(3, h, w)`; alpha is composited over white."""
-    c = image.shape[0]
-    if c in (2, 4):  # grey+alpha or RGBA: transparent pixels become white, not black
-        alpha = image[-1:].float() / 255.0
-        colour = image[:-1].float() * alpha + 255.0 * (1 - alpha)
-        image = colour.round_().to(torch.uint8)
-        c -= 1
-    if c == 1:
-        image = image.expand(3, -1, -1)
-    if image.shape[0] != 3:
+def _to8(arr: np.ndarray) -> np.ndarray:
+    """uint8 kept; uint16 -> round(value / 257), in integers (257 is odd: never a tie)."""
+    if arr.dtype == np.uint8:
+        return arr
+    return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _over_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 `(h, w, c)` over white with uint8 alpha `(h, w)`: 255 - round(a (255 - c) / 255),
+    in integers (the exact value is never a tie, so this is the rounded float formula)."""
+    a = alpha.astype(np.int32)[..., None]
+    return (255 - (a * (255 - colour.astype(np.int32)) + 127) // 255).astype(np.uint8)
+
+
+def _channels_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """uint8 or uint16 `(h, w, c)`, c = 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA), ->
+    uint8 RGB `(h, w, 3)`."""
+    arr = _to8(arr)
+    c = arr.shape[2]
+    if c in (2, 4):
+        arr = _over_white(arr[..., :-1], arr[..., -1])
+    elif c not in (1, 3):
         raise ValueError(f"unsupported channel count {c}")
-    return image
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
-def _decode_pil(data: bytes) -> torch.Tensor:
-    """Fallback decoder for formats torchvision cannot read (BMP, TIFF, PPM, palette...)."""
+def _float_to8(v: np.ndarray) -> np.ndarray:
+    """Float `(h, w)` -> uint8: [0, 1] scaled by 255, any other range stretched from the
+    image's min..max; non-finite values become 0."""
+    v = v.astype(np.float64)
+    finite = np.isfinite(v)
+    if not finite.any():
+        return np.zeros(v.shape, np.uint8)
+    lo, hi = float(v[finite].min()), float(v[finite].max())
+    if lo >= 0.0 and hi <= 1.0:
+        out = np.rint(v * 255.0)
+    elif hi > lo:
+        out = np.rint((v - lo) / (hi - lo) * 255.0)
+    else:  # one value outside [0, 1]: no range to stretch
+        out = np.zeros(v.shape)
+    return np.where(finite, out, 0).astype(np.uint8)
+
+
+def _with_colour_key(arr: np.ndarray, key) -> np.ndarray:
+    """Append an alpha channel that is 0 where `(h, w, c)` equals the colour key (PNG tRNS
+    for grey or RGB images: an int or an RGB tuple), else full."""
+    key_arr = np.atleast_1d(np.asarray(key, dtype=np.int64))
+    if key_arr.size != arr.shape[2]:
+        return arr
+    full = np.iinfo(arr.dtype).max
+    alpha = np.where((arr.astype(np.int64) == key_arr).all(axis=2), 0, full).astype(arr.dtype)
+    return np.concatenate([arr, alpha[..., None]], axis=2)
+
+
+def _palette_rgba(img) -> np.ndarray:
+    """(256, 4) uint8 RGBA palette of a "P"/"PA" image, with its transparency applied."""
+    pal = np.zeros((256, 4), np.uint8)
+    pal[:, 3] = 255
+    entries = img.getpalette("RGBA")
+    if entries is None:  # no palette: the indices are grey levels
+        pal[:, :3] = np.arange(256, dtype=np.uint8)[:, None]
+    else:
+        entries = np.asarray(entries, np.uint8).reshape(-1, 4)[:256]
+        pal[:len(entries)] = entries
+    t = img.info.get("transparency")
+    if isinstance(t, int) and 0 <= t < 256:
+        pal[t, 3] = 0
+    elif isinstance(t, bytes):  # one alpha per palette index (PNG tRNS)
+        table = np.frombuffer(t, np.uint8)[:256]
+        pal[:len(table), 3] = table
+    return pal
+
+
+def _pil_channels(img) -> np.ndarray:
+    """uint8/uint16 `(h, w, c)` channels (grey, grey+alpha, RGB or RGBA) of a loaded PIL image
+    of any mode, by the rules in the module docstring."""
+    mode = img.mode
+    if mode in _PIL_CONVERTS:
+        img, mode = img.convert(_PIL_CONVERTS[mode]), _PIL_CONVERTS[mode]
+    arr = np.asarray(img)
+    if mode in ("L", "LA", "RGB", "RGBA") or mode.startswith("I;16"):
+        arr = arr.astype(np.uint16) if mode.startswith("I;16") else arr
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        key = img.info.get("transparency")
+        return arr if key is None or mode in ("LA", "RGBA") else _with_colour_key(arr, key)
+    if mode == "1":
+        return (arr.astype(np.uint8) * 255)[..., None]
+    if mode in ("P", "PA"):
+        rgba = _palette_rgba(img)[arr[..., 0] if mode == "PA" else arr]
+        if mode == "PA":
+            rgba[..., 3] = arr[..., 1]
+        return rgba
+    if mode == "CMYK":
+        c = arr.astype(np.int32)
+        return (((255 - c[..., :3]) * (255 - c[..., 3:]) + 127) // 255).astype(np.uint8)
+    if mode == "YCbCr":
+        y, cb, cr = (arr[..., i].astype(np.float64) for i in range(3))
+        r = y + 1.402 * (cr - 128)
+        g = y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128)
+        b = y + 1.772 * (cb - 128)
+        return np.clip(np.rint(np.stack([r, g, b], axis=2)), 0, 255).astype(np.uint8)
+    if mode == "I":
+        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            return arr.astype(np.uint16)[..., None]
+        return _float_to8(arr)[..., None]
+    if mode == "F":
+        return _float_to8(arr)[..., None]
+    raise ValueError(f"image mode {mode!r} is not supported; save the image as RGB, grey or "
+                     f"palette")
+
+
+def _decode_pil(data: bytes) -> np.ndarray:
+    """Channels `(h, w, c)` of any image PIL opens (BMP, TIFF, GIF, PPM, palette PNG...)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        if img.mode not in ("RGB", "L", "LA", "RGBA"):
-            has_alpha = "transparency" in img.info or img.mode.endswith("A")
-            img = img.convert("RGBA" if has_alpha else "RGB")
-        arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return _pil_channels(img)
+
+
+def _plain_png(data: bytes) -> bool:
+    """A PNG without palette (colour type 3) or colour key (tRNS): one torchvision reads
+    exactly. torchvision returns palette indices as grey and ignores tRNS."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 33 or data[25] == 3:
+        return False
+    pos = 8
+    while pos + 8 <= len(data):  # walk the chunk headers up to the image data
+        length, tag = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if tag == b"tRNS":
+            return False
+        if tag == b"IDAT":
+            return True
+        pos += 12 + length
+    return False
 
 
 def _torchvision_decoders():
@@ -66,26 +202,40 @@ def _torchvision_decoders():
     return decode_image, decode_jpeg, ImageReadMode
 
 
-def decode_image_bytes(data: bytes, size: int) -> torch.Tensor:
-    """Decode image bytes to uint8 RGB `(3, size, size)` (any mode; other sizes resized+cropped).
-
-    libjpeg-turbo/libpng through torchvision (about 10x faster than PIL for small JPEGs), with
-    PIL as the fallback for other formats. Raises on data that is not a readable image.
-    """
+def _decode_torchvision(data: bytes) -> np.ndarray | None:
+    """Channels `(h, w, c)` (uint8, or uint16 for 16-bit PNGs) through torchvision for JPEG,
+    plain PNG and WebP; None for other files or when torchvision fails (PIL tries next)."""
     decoders = _torchvision_decoders()
+    if decoders is None:
+        return None
+    decode_image, _, read_mode = decoders
+    if data[:2] == b"\xff\xd8":
+        read_mode = read_mode.RGB  # libjpeg converts grey, YCbCr and CMYK itself
+    elif _plain_png(data) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        read_mode = read_mode.UNCHANGED  # keep alpha and 16 bits to convert them here
+    else:
+        return None
     try:
-        if decoders is None:
-            raise RuntimeError("torchvision.io unavailable")
-        decode_image, _, mode = decoders
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        is_jpeg = data[:2] == b"\xff\xd8"
         with warnings.catch_warnings():  # torchvision.io warns it will move to torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
-            # JPEG: libjpeg converts grey/CMYK to RGB; others: keep alpha to composite it
-            image = decode_image(raw, mode=mode.RGB if is_jpeg else mode.UNCHANGED)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                 mode=read_mode)
     except Exception:
-        image = _decode_pil(data)
-    return _fit(_to_rgb(image), size)
+        return None
+    image = image[0] if image.dim() == 4 else image  # animated: the first frame
+    return image.permute(1, 2, 0).numpy()
+
+
+def decode_image_bytes(data: bytes, size: int) -> torch.Tensor:
+    """Decode image bytes to uint8 RGB `(3, size, size)` (any mode, converted by the rules in
+    the module docstring; other sizes resized and centre cropped). Raises on data that is
+    not a readable image, or an image mode with no rule (ValueError naming it).
+    """
+    channels = _decode_torchvision(data)
+    if channels is None:
+        channels = _decode_pil(data)
+    rgb = _channels_to_rgb(channels)
+    return _fit(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))), size)
 
 
 def _decode_all(items: Sequence[tuple[str, bytes]], size: int, chunk: int = 1024

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import cache_stem, load_cache, save_cache
+from .cache import (cache_stem, find_auto_entry, legacy_stems, load_cache, make_header,
+                    save_cache, warn_unused)
 from .datasets import ImageData, _finish, _stored_size, channel_histogram
 from .decode import _choose_size, _decode_all
 from .splits import DEFAULT_VAL_SPLIT
@@ -27,19 +28,19 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 TRAIN_DIR_NAMES = ("train", "training")
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")
 Listing = tuple[list[str], list[str], list[str]]  # image files, folders, skipped files
+Layout = tuple[list[str], dict[str, list[tuple[str, int]]]]  # classes, {split: [(file, label)]}
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _layout(files: Sequence[str], dirs: Sequence[str], where: str
-            ) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+def _layout(files: Sequence[str], dirs: Sequence[str], where: str) -> Layout:
     """Work out the ImageFolder layout from relative POSIX paths of image files and folders.
 
     Returns (classes, {"train": [(path, label)], "val": [...]}) where "val" is empty unless
-    the root holds train/ and val/ folders. Class folders without images are skipped with a
-    warning; images not inside a class folder are an error naming them.
+    the root holds train/ and val/ folders. Class folders without images (all of them named)
+    and images not inside a class folder are a ValueError.
     """
     parents = {f.rsplit("/", 1)[0] if "/" in f else "" for f in files}
     if not files:
@@ -77,14 +78,18 @@ def _layout(files: Sequence[str], dirs: Sequence[str], where: str
     train_root = split_roots["train"]
     prefix = f"{train_root}/" if train_root else ""
     # class folders = the parents of images that sit directly under the training root
-    with_images = {p[len(prefix):] for p in parents
-                   if p.startswith(prefix) and "/" not in p[len(prefix):]}
-    classes = sorted(with_images)
-    empty = sorted(class_dirs_under(train_root) - with_images)
-    empty = [e for e in empty if not e.startswith(".")]
+    classes = sorted({p[len(prefix):] for p in parents
+                      if p.startswith(prefix) and "/" not in p[len(prefix):]})
+    empty = []
+    for split, root in split_roots.items():
+        pre = f"{root}/" if root else ""
+        with_images = {p[len(pre):] for p in parents if p.startswith(pre)}
+        shown = f"{root.rsplit('/', 1)[-1]}/" if len(split_roots) == 2 else ""
+        empty += [f"{shown}{d}" for d in sorted(class_dirs_under(root) - with_images)
+                  if not d.startswith(".")]
     if empty:
-        warnings.warn(f"{where}: skipping class folder(s) with no images: {', '.join(empty)}",
-                      stacklevel=5)
+        raise ValueError(f"{where}: class folder(s) with no images: {', '.join(empty)} "
+                         f"(add images or remove them)")
     index = {c: i for i, c in enumerate(classes)}
     out: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
     for split, root in split_roots.items():
@@ -194,33 +199,55 @@ def _source_key(path: Path, sha256: str | None, info: dict) -> tuple[str, Listin
     return h.hexdigest(), (files, dirs, skipped)
 
 
-def _decode_source(path: Path, listing: Listing | None, image_size: int | None,
-                   stem: Path) -> dict[str, np.ndarray]:
+def _decode_source(path: Path, listing: Listing | None, layout: Layout | None,
+                   image_size: int | None, cache_dir: Path, key_src: str
+                   ) -> tuple[dict[str, np.ndarray], Path]:
     """Read, lay out and decode every image of `path` (training images first), cache the
-    result under `stem` and return it in the cache's fields."""
+    result and return it in the cache's fields, with the cache entry's stem."""
     if listing is None:
         items, dirs, skipped = _read_archive(path)
-        files = [n for n, _ in items]
+        classes, split = _layout([n for n, _ in items], dirs, str(path))
+        by_name = dict(items)
     else:
-        files, dirs, skipped = listing
-        items = [(f, (path / f).read_bytes()) for f in files]
+        skipped = listing[2]
+        classes, split = layout
+        by_name = {f: (path / f).read_bytes() for f, _ in split["train"] + split["val"]}
     if skipped:
         warnings.warn(f"{path}: ignored {len(skipped)} non-image file(s), e.g. "
-                      f"{', '.join(skipped[:3])}", stacklevel=4)
-    classes, layout = _layout(files, dirs, str(path))
-    by_name = dict(items)
-    ordered = layout["train"] + layout["val"]
-    size = _choose_size(items, image_size)
-    decoded = _decode_all([(n, by_name[n]) for n, _ in ordered], _stored_size(size))
-    n_train = len(layout["train"])
+                      f"{', '.join(skipped[:3])}", stacklevel=5)
+    ordered = [(n, by_name[n]) for n, _ in split["train"] + split["val"]]
+    auto = _choose_size(ordered, None)
+    size = image_size if image_size is not None else auto
+    decoded = _decode_all(ordered, _stored_size(size))
+    n_train = len(split["train"])
     is_val = np.zeros(len(ordered), dtype=bool)
     is_val[n_train:] = True
     hist = channel_histogram(torch.from_numpy(decoded[:n_train]))  # later splits count only val
-    fields = dict(labels=np.array([lab for _, lab in ordered], dtype=np.int64), is_val=is_val,
-                  classes=np.array(classes), image_size=np.array(size),
+    arrays = dict(labels=np.array([lab for _, lab in split["train"] + split["val"]],
+                                  dtype=np.int64),
+                  is_val=is_val, classes=np.array(classes), image_size=np.array(size),
                   train_hist=hist.numpy(), files=np.array([n for n, _ in ordered]))
-    save_cache(stem, decoded, **fields)
-    return dict(fields, images=decoded)
+    stem = cache_stem(cache_dir, key_src, _stored_size(size))
+    header = make_header(decoded, arrays, source=key_src, source_path=str(path),
+                         auto_size=auto)
+    save_cache(stem, decoded, arrays, header)
+    return dict(arrays, images=decoded), stem
+
+
+def _load_cached(cache_dir: Path, key_src: str, image_size: int | None
+                 ) -> tuple[dict[str, np.ndarray] | None, Path | None]:
+    """The valid cache entry for this source and size (None when there is none, with a
+    warning when one exists but fails its checks), and its stem."""
+    if image_size is None:  # the size chosen from the images, as the entries record it
+        found = find_auto_entry(cache_dir, key_src, stacklevel=5)
+        if found is None:
+            return None, None
+        stem, image_size = found
+    else:
+        stem = cache_stem(cache_dir, key_src, _stored_size(image_size))
+    cached = load_cache(stem, key_src, stored_size=_stored_size(image_size),
+                        image_size=image_size, stacklevel=5)
+    return cached, stem
 
 
 def load_path(spec: str, val_split: float | None, seed: int, image_size: int | None,
@@ -233,11 +260,22 @@ def load_path(spec: str, val_split: float | None, seed: int, image_size: int | N
                          f"{', '.join(ARCHIVE_SUFFIXES)}")
     info: dict = {"source": str(path)}
     key_src, listing = _source_key(path, sha256, info)
-    stem = cache_stem(cache_dir, path, key_src, image_size)
-    cached = load_cache(stem, stacklevel=4)
-    info.update(cache=str(stem.with_suffix(".npy")), cache_hit=cached is not None)
+    # a folder's layout is checked on every load (an empty class folder added after caching
+    # changes no file); an archive's is fixed by its checksum, checked when it was decoded
+    layout = _layout(listing[0], listing[1], str(path)) if listing is not None else None
+    cached, stem = _load_cached(cache_dir, key_src, image_size)
+    info["cache_hit"] = cached is not None
     if cached is None:
-        cached = _decode_source(path, listing, image_size, stem)
+        old = [s for s in legacy_stems(cache_dir, path, key_src, image_size)
+               if s.with_suffix(".npy").exists() or s.with_suffix(".npz").exists()]
+        for s in old:
+            warn_unused(s, "written by an older attnres (format 1, no header); it is removed",
+                        stacklevel=4)
+        cached, stem = _decode_source(path, listing, layout, image_size, cache_dir, key_src)
+        for s in old:
+            s.with_suffix(".npy").unlink(missing_ok=True)
+            s.with_suffix(".npz").unlink(missing_ok=True)
+    info["cache"] = str(stem.with_suffix(".npy"))
     images = torch.from_numpy(cached["images"])
     labels = torch.from_numpy(cached["labels"]).long()
     is_val = torch.from_numpy(cached["is_val"]).bool()
