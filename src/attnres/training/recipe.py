@@ -19,7 +19,7 @@ from ..utils import closest
 RECIPES: dict[str, dict[str, Any]] = {
     # CIFAR-10 in 30 epochs: the recipe of the CIFAR-10 grids in docs/results (its runs are
     # `attnres train --arch resnet20 --epochs 30 --amp`, everything else the defaults; 15
-    # epochs reached only 84.8 % for the plain ResNet-20, see docs/RESULTS.md):
+    # epochs reached only 84.5 % for the plain ResNet-20, see docs/RESULTS.md):
     # ResNet-20, SGD + nesterov, cosine with one warm-up epoch, label smoothing 0.1, weight
     # decay 5e-4 on conv/linear weights. amp is bf16 autocast, on CPU too, where
     # channels_last pays (oneDNN's bf16 convolutions are NHWC). Spelled out in full, so a
