@@ -76,6 +76,20 @@ def test_validation_set_and_statistics_match_memory_path(tmp_path, val_split):
     assert st.val.names() == [names[i] for i in val_idx]
 
 
+def test_sampled_statistics_are_close_and_computed_once(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "data", per_class=(30, 30, 30))
+    mem = load_dataset(str(root), val_split=9, cache_dir=tmp_path / "c")
+    st = open_stream(root, val_split=9, stats_sample=20, cache_dir=tmp_path / "c")
+    assert st.info["stats"] == "estimated from 20 training images"
+    assert st.mean == pytest.approx(mem.mean, abs=0.03) and st.std == pytest.approx(mem.std,
+                                                                                    abs=0.03)
+    import attnres.data.scale as S
+
+    monkeypatch.setattr(S, "estimate_stats", lambda *a: pytest.fail("estimated again"))
+    again = open_stream(root, val_split=9, stats_sample=20, cache_dir=tmp_path / "c")
+    assert again.mean == st.mean and again.std == st.std  # read from the listing's JSON
+
+
 def test_given_val_folder_used_as_given(tmp_path):
     make_folder(tmp_path / "ds" / "train")
     make_folder(tmp_path / "ds" / "val", per_class=(1, 2, 1), seed=1)
@@ -300,6 +314,8 @@ def test_chooser_and_size_estimate(tmp_path):
     assert choose_loader_kind(root, cache_dir=cache) == "memory"  # tiny vs this machine's RAM
     with pytest.raises(ValueError, match="did you mean 'stream'"):
         choose_loader_kind(root, kind="streem")
+    with pytest.raises(FileNotFoundError, match="did you mean 'cifar10'"):
+        choose_loader_kind("cifar1")
     shards = tmp_path / "shards"
     shards.mkdir()
     tar_of(root, shards / "0.tar")

@@ -54,6 +54,15 @@ class StreamData:
         return len(self.classes)
 
 
+def _check_exists(spec: str | Path) -> None:
+    """The message `load_dataset` gives for a name that is neither known nor a path."""
+    if not Path(spec).expanduser().exists():
+        name = str(spec).lower()
+        raise FileNotFoundError(f"data {str(spec)!r} is neither a known name "
+                                f"({', '.join(NAMED_DATASETS)}) nor an existing path"
+                                f"{closest(name, NAMED_DATASETS)}")
+
+
 def _split(listing: Listing, val_split: float | None, seed: int) -> tuple[Records, Records]:
     """The in-memory path's split rule (`datasets._finish`) on the listing's records."""
     if listing.val is not None and val_split is None:
@@ -111,6 +120,7 @@ def open_stream(spec: str | Path, *, val_split: float | None = None, seed: int =
         raise ValueError("give both mean and std, or neither (then they are estimated)")
     if not isinstance(stats_sample, int) or stats_sample < 1:
         raise ValueError(f"stats_sample {stats_sample!r} must be a whole number >= 1")
+    _check_exists(spec)
     listing = list_source(spec, cache_dir=cache_dir, sha256=sha256, refresh=refresh)
     present = set(listing.train.labels.tolist())
     for c, name in enumerate(listing.classes):
@@ -124,10 +134,8 @@ def open_stream(spec: str | Path, *, val_split: float | None = None, seed: int =
     if mean is None:
         order = hashlib.sha256(train.names_blob.tobytes() + train.name_start.tobytes())
         key = f"stats|{_stored_size(size)}|{stats_sample}|{order.hexdigest()[:16]}"
-        if key not in listing.memo:
-            got = estimate_stats(train, _stored_size(size), stats_sample)
-            listing.remember(key, [list(got[0]), list(got[1])])
-        mean, std = (tuple(v) for v in listing.memo[key])
+        mean, std = listing.memoized(key, lambda: [list(v) for v in estimate_stats(
+            train, _stored_size(size), stats_sample)])
         info["stats"] = f"estimated from {min(len(train), stats_sample)} training images"
     else:
         info["stats"] = "given"
@@ -203,6 +211,7 @@ def choose_loader_kind(spec: str | Path, *, image_size: int | None = None,
         if kind == "stream":
             raise ValueError(f"data {str(spec)!r} is a named data set: it cannot be streamed")
         return "memory"
+    _check_exists(spec)
     listing = list_source(spec, cache_dir=cache_dir)
     if listing.layout == "shards":
         if kind == "memory":
@@ -216,23 +225,6 @@ def choose_loader_kind(spec: str | Path, *, image_size: int | None = None,
     return "memory" if need * processes <= budget else "stream"
 
 
-def loader_throughput(loader, batches: int, warmup: int = 2) -> float:
-    """Images per second over `batches` batches after `warmup` ones (one epoch at most)."""
-    import time
-
-    seen, start = 0, None
-    for b, (x, _) in enumerate(loader):
-        if b == warmup:
-            start = time.perf_counter()
-        elif b > warmup:
-            seen += x.shape[0]
-        if b >= warmup + batches:
-            break
-    if start is None or seen == 0:
-        raise ValueError(f"the loader has only {len(loader)} batches; need > {warmup + 1}")
-    return seen / (time.perf_counter() - start)
-
-
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LOADER_KINDS", "MEMORY_PEAK_FACTOR",
            "StreamData", "available_memory", "choose_loader_kind", "estimate_decoded_bytes",
-           "estimate_stats", "loader_throughput", "make_stream_loaders", "open_stream"]
+           "estimate_stats", "make_stream_loaders", "open_stream"]

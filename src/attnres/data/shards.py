@@ -22,14 +22,14 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..utils import atomic_write, atomic_write_json
+from ..utils import atomic_write
 from .cache import default_cache_dir
 from .decode import _probe_size
 from .folder import ARCHIVE_SUFFIXES, _expected_sha256, _layout, _scan_folder, file_sha256
@@ -116,9 +116,12 @@ class Records:
         return dict(self.__dict__, _fds={})
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in getattr(self, "_fds", {}).values():
             os.close(fd)
-        self._fds.clear()
+        self._fds = {}
+
+    def __del__(self) -> None:
+        self.close()
 
 
 @dataclass
@@ -145,13 +148,18 @@ class Listing:
     def num_images(self) -> int:
         return len(self.train) + (len(self.val) if self.val is not None else 0)
 
-    def remember(self, key: str, value: object) -> None:
-        """Keep a small derived value (e.g. channel statistics) in the listing's JSON."""
-        self.memo[key] = value
-        with _locked(self.path.parent):
-            stored = json.loads(self.path.read_text())
-            stored.setdefault("memo", {})[key] = value
-            atomic_write_json(self.path, stored)
+    def memoized(self, key: str, compute: Callable[[], object]) -> object:
+        """A small derived value (e.g. channel statistics) kept in the listing's JSON: computed
+        once, by one process of the machine, while the others wait and then read it."""
+        if key not in self.memo:
+            with _locked(self.path.parent):
+                stored = json.loads(self.path.read_text())
+                memo = stored.setdefault("memo", {})
+                if key not in memo:
+                    memo[key] = compute()
+                    atomic_write(self.path, json.dumps(stored, separators=(",", ":")) + "\n")
+                self.memo[key] = memo[key]
+        return self.memo[key]
 
 
 def _detect(path: Path) -> str:
