@@ -17,9 +17,15 @@ Specs:
   archive sha256 or folder listing and image size, checked against its header on every load
   and rebuilt with a warning when anything does not match (see `cache`).
 
+Data too large for memory is streamed instead (docs/SCALE.md): `choose_loader_kind(spec)` says
+"memory" or "stream"; `open_stream(spec)` + `make_stream_loaders` give loaders with the
+`BatchLoader` contract that decode in DataLoader workers.
+
 Modules: `splits` (validation splits), `datasets` (ImageData, statistics), `named` (digits,
 CIFAR), `decode` (image bytes to RGB), `cache`, `folder` (ImageFolder folders and archives),
-`augment` (batch augmentation), `loader` (BatchLoader).
+`augment` (batch augmentation), `loader` (BatchLoader); streaming: `tars` (tar index),
+`shards` (cached file listings), `stream` (StreamLoader), `scale` (open_stream, the chooser),
+`photos` (an ImageFolder of real photographs).
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ from .decode import _decode_all, decode_image_bytes  # _decode_all: the tests ca
 from .folder import (ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, TRAIN_DIR_NAMES, VAL_DIR_NAMES,
                      file_sha256, load_path)
 from .loader import BatchLoader, make_loaders
+from .stream import StreamLoader
 from .named import NAMED_DATASETS, _load_digits, _load_torchvision_cifar
+from .photos import make_photo_folder
+from .scale import (IMAGENET_MEAN, IMAGENET_STD, StreamData, choose_loader_kind,
+                    estimate_decoded_bytes, make_stream_loaders, open_stream)
+from .shards import list_source
 from .splits import DEFAULT_VAL_SPLIT, DIGITS_VAL_SPLIT, stratified_split
 
 
@@ -75,8 +86,11 @@ def load_dataset(spec: str, *, val_split: float | None = None, seed: int = 0,
 
 
 __all__ = ["ARCHIVE_SUFFIXES", "BatchLoader", "DEFAULT_VAL_SPLIT", "DIGITS_VAL_SPLIT",
-           "IMAGE_EXTENSIONS", "ImageData", "ImageSet", "NAMED_DATASETS", "SMALL_MAX_SIZE",
-           "TRAIN_DIR_NAMES", "VAL_DIR_NAMES", "center_crop", "channel_histogram",
-           "channel_stats", "decode_image_bytes", "default_cache_dir", "describe",
-           "file_sha256", "load_dataset", "make_loaders", "pad_crop_flip",
-           "random_resized_crop_flip", "stats_from_histogram", "stratified_split"]
+           "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageData", "ImageSet",
+           "NAMED_DATASETS", "SMALL_MAX_SIZE", "StreamData", "StreamLoader", "TRAIN_DIR_NAMES",
+           "VAL_DIR_NAMES", "center_crop", "channel_histogram", "channel_stats",
+           "choose_loader_kind", "decode_image_bytes", "default_cache_dir", "describe",
+           "estimate_decoded_bytes", "file_sha256", "list_source", "load_dataset",
+           "make_loaders", "make_photo_folder", "make_stream_loaders", "open_stream",
+           "pad_crop_flip", "random_resized_crop_flip", "stats_from_histogram",
+           "stratified_split"]
