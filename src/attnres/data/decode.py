@@ -226,16 +226,20 @@ def _decode_torchvision(data: bytes) -> np.ndarray | None:
     return image.permute(1, 2, 0).numpy()
 
 
-def decode_image_bytes(data: bytes, size: int) -> torch.Tensor:
-    """Decode image bytes to uint8 RGB `(3, size, size)` (any mode, converted by the rules in
-    the module docstring; other sizes resized and centre cropped). Raises on data that is
-    not a readable image, or an image mode with no rule (ValueError naming it).
-    """
+def decode_full(data: bytes) -> torch.Tensor:
+    """Decode image bytes to uint8 RGB `(3, H, W)` at full resolution (any mode, converted
+    by the rules in the module docstring). Raises on data that is not a readable image, or
+    an image mode with no rule (ValueError naming it)."""
     channels = _decode_torchvision(data)
     if channels is None:
         channels = _decode_pil(data)
     rgb = _channels_to_rgb(channels)
-    return _fit(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))), size)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def decode_image_bytes(data: bytes, size: int) -> torch.Tensor:
+    """`decode_full(data)` resized (shorter side) and centre cropped to `(3, size, size)`."""
+    return _fit(decode_full(data), size)
 
 
 def _decode_all(items: Sequence[tuple[str, bytes]], size: int, chunk: int = 1024

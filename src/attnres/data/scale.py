@@ -20,7 +20,8 @@ from .datasets import SMALL_MAX_SIZE, _kind_for, _stored_size, channel_histogram
     stats_from_histogram
 from .decode import decode_image_bytes
 from .named import NAMED_DATASETS
-from .shards import Listing, Records, list_source
+from .records import Records
+from .shards import Listing, list_source
 from .splits import DEFAULT_VAL_SPLIT, _check_val_split, stratified_split
 from .stream import StreamLoader
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .decode import _decode_pil, _fit, _to_rgb, _torchvision_decoders
+from .decode import _fit, decode_full
 from .loader import _derive_seed
-from .shards import Records
+from .records import Records
 
 VAL_CROP_FRACTION = 0.875  # torchvision's reference: resize 256, centre crop 224
 _SHUFFLE_TAG = 0x5EED  # the tag `BatchLoader` shuffles with: both paths share the order
@@ -40,24 +39,6 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     key = struct.pack("<3Q", *(int(v) & 0xFFFFFFFFFFFFFFFF for v in (seed, epoch, index)))
     digest = hashlib.blake2b(key, digest_size=8, person=b"attnres-augment").digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def decode_full(data: bytes) -> torch.Tensor:
-    """Image bytes -> uint8 RGB `(3, H, W)` at full resolution (grey, palette, CMYK made RGB;
-    alpha composited over white), like `decode_image_bytes` without the resize."""
-    decoders = _torchvision_decoders()
-    try:
-        if decoders is None:
-            raise RuntimeError("torchvision.io unavailable")
-        decode_image, _, mode = decoders
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        with warnings.catch_warnings():  # torchvision.io warns it will move to torchcodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            image = decode_image(raw, mode=mode.RGB if data[:2] == b"\xff\xd8" else
-                                 mode.UNCHANGED)
-    except Exception:
-        image = _decode_pil(data)
-    return _to_rgb(image)
 
 
 class StreamTransform:
