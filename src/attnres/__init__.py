@@ -15,6 +15,7 @@ from .models import build_model, insert_attention, list_models, load_pretrained
 from .data import load_dataset
 from .checkpoint import load_model
 from .training import TrainConfig, train
+from .training.precise_bn import precise_bn
 from .evaluation import evaluate
 from .analysis.monitor import AttentionMonitor
 from .analysis.explain import explain
@@ -25,6 +26,6 @@ from .ablation import ablate, report
 __all__ = [
     "AttentionMonitor", "TrainConfig", "__version__", "ablate", "bench", "build_model",
     "create_attention", "evaluate", "explain", "export_model", "insert_attention",
-    "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained", "report",
-    "train",
+    "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained",
+    "precise_bn", "report", "train",
 ]
