@@ -17,6 +17,7 @@ from .checkpoint import load_model
 from .training import TrainConfig, train
 from .training.precise_bn import precise_bn
 from .evaluation import evaluate
+from .prediction import predict
 from .analysis.monitor import AttentionMonitor
 from .analysis.explain import explain
 from .analysis.bench import bench
@@ -27,5 +28,5 @@ __all__ = [
     "AttentionMonitor", "TrainConfig", "__version__", "ablate", "bench", "build_model",
     "create_attention", "evaluate", "explain", "export_model", "insert_attention",
     "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained",
-    "precise_bn", "report", "train",
+    "precise_bn", "predict", "report", "train",
 ]

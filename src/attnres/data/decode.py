@@ -7,6 +7,7 @@ import io
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ import torch.nn.functional as F
 
 from .augment import center_crop
 from .datasets import SMALL_MAX_SIZE
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -43,18 +47,30 @@ def _to_rgb(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """A PIL image as uint8 `(C, h, w)`: grey, grey+alpha, RGB or RGBA (other modes, e.g.
+    palette or CMYK, converted to RGB, or RGBA when they carry transparency)."""
+    if img.mode not in ("RGB", "L", "LA", "RGBA"):
+        has_alpha = "transparency" in img.info or img.mode.endswith("A")
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    arr = np.array(img, dtype=np.uint8)  # a copy: PIL's buffer is read-only
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
 def _decode_pil(data: bytes) -> torch.Tensor:
     """Fallback decoder for formats torchvision cannot read (BMP, TIFF, PPM, palette...)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        if img.mode not in ("RGB", "L", "LA", "RGBA"):
-            has_alpha = "transparency" in img.info or img.mode.endswith("A")
-            img = img.convert("RGBA" if has_alpha else "RGB")
-        arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return pil_to_tensor(img)
+
+
+def fit_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 `(C, h, w)`, C in 1..4 -> RGB `(3, size, size)` as images are loaded: alpha over
+    white, grey repeated, shorter side resized to `size`, centre crop."""
+    return _fit(_to_rgb(image), size)
 
 
 def _torchvision_decoders():
@@ -85,7 +101,7 @@ def decode_image_bytes(data: bytes, size: int) -> torch.Tensor:
             image = decode_image(raw, mode=mode.RGB if is_jpeg else mode.UNCHANGED)
     except Exception:
         image = _decode_pil(data)
-    return _fit(_to_rgb(image), size)
+    return fit_image(image, size)
 
 
 def _decode_all(items: Sequence[tuple[str, bytes]], size: int, chunk: int = 1024
@@ -155,4 +171,4 @@ def _choose_size(items: Sequence[tuple[str, bytes]], image_size: int | None) -> 
     return side if side <= SMALL_MAX_SIZE else 224
 
 
-__all__ = ["decode_image_bytes"]
+__all__ = ["decode_image_bytes", "fit_image", "pil_to_tensor"]

@@ -33,6 +33,7 @@ from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pic
                           setup_distributed, teardown_distributed, wrap_model)
 from .ema import ema_metrics, make_ema, save_ema
 from .meters import MemoryMeter
+from .normalisation import with_normalisation
 from .precise_bn import run_precise_bn
 from .recipe import advance_scheduler, make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
@@ -128,7 +129,8 @@ class _Run:
     def summary(self, memory: MemoryMeter, *, finished: bool) -> dict[str, Any]:
         return report.summary(self.config, self.metrics, memory=memory, finished=finished,
                               params=sum(p.numel() for p in self.raw_model.parameters()),
-                              world_size=self.ddp.world_size)
+                              world_size=self.ddp.world_size,
+                              normalisation=self.preprocessing.get("normalisation"))
 
 
 def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
@@ -192,6 +194,7 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
                                    blocks=config.blocks, preset=config.preset,
                                    num_classes=data.num_classes, pretrained=config.pretrained,
                                    attention_kwargs=dict(config.attention_kwargs) or None)
+    data, preprocessing = with_normalisation(data, config.pretrained, config.arch)
     # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
     channels_last = config.channels_last and (use_cuda or config.amp)
     raw_model.to(device, memory_format=torch.channels_last if channels_last
@@ -219,8 +222,7 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
         scaler=scaler, train_loader=train_loader, val_loader=val_loader,
         steps_per_epoch=steps_per_epoch, channels_last=channels_last,
         autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
-        preprocessing={"mean": list(data.mean), "std": list(data.std),
-                       "image_size": data.image_size, "classes": list(data.classes)})
+        preprocessing=preprocessing)
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:

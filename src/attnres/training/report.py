@@ -21,8 +21,10 @@ from .meters import MemoryMeter
 
 
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
-            memory: MemoryMeter, world_size: int, finished: bool) -> dict[str, Any]:
-    """The run's `summary.json`: best and last validation accuracy, cost, versions, config."""
+            memory: MemoryMeter, world_size: int, finished: bool,
+            normalisation: str | None = None) -> dict[str, Any]:
+    """The run's `summary.json`: best and last validation accuracy, cost, versions, config;
+    `normalisation` says where the input mean/std came from."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
     last_row = metrics[-1] if metrics else None
     train_time = sum(r["epoch_time_s"] for r in metrics)
@@ -43,6 +45,7 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "epochs": len(metrics),
         "finished": finished,
         "world_size": world_size,
+        "normalisation": normalisation,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
         "config": asdict(config),
     }
