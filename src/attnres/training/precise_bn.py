@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every batch-norm layer of `model` (subclasses such as SafeBatchNorm2d included)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Every batch-norm layer of `model` that keeps running statistics (subclasses such as
+    SafeBatchNorm2d included)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 @torch.no_grad()
