@@ -17,7 +17,7 @@ import attnres
 ENTRY_POINTS = ["create_attention", "list_attention", "build_model", "list_models",
                 "insert_attention", "load_pretrained", "load_model", "train", "TrainConfig",
                 "evaluate", "ablate", "AttentionMonitor", "explain", "bench", "export_model",
-                "load_dataset", "report", "add_attention"]
+                "load_dataset", "report", "add_attention", "precise_bn", "predict"]
 
 
 def test_exports_exactly_the_entry_points():
@@ -31,11 +31,12 @@ def test_exports_exactly_the_entry_points():
 @pytest.mark.parametrize("module", ["attnres.training", "attnres.training.loop",
                                     "attnres.evaluation", "attnres.checkpoint",
                                     "attnres.analysis.explain", "attnres.analysis.bench",
-                                    "attnres.export"])
+                                    "attnres.export", "attnres.training.bn_recompute",
+                                    "attnres.prediction"])
 def test_functions_stay_functions_after_importing_any_module(module):
     importlib.import_module(module)
     for name in ["train", "evaluate", "explain", "bench", "load_model", "export_model",
-                 "ablate"]:
+                 "ablate", "precise_bn", "predict"]:
         assert inspect.isfunction(getattr(attnres, name)), name
     from attnres.training import train
 

@@ -24,7 +24,7 @@ LAYERS = [
     {"data"},
     {"checkpoint"},
     {"training"},
-    {"evaluation"},
+    {"evaluation", "prediction"},
     {"analysis", "export", "ablation", "ablate"},  # ablate: ablation's name until it is split
     {"cli"},
 ]
@@ -265,7 +265,8 @@ def test_no_function_over_the_line_limit() -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
 
 
-@pytest.mark.parametrize("name", ["train", "evaluate", "ablate", "explain", "bench"])
+@pytest.mark.parametrize("name", ["train", "evaluate", "ablate", "explain", "bench", "predict",
+                                  "precise_bn"])
 def test_no_module_shares_a_name_with_a_public_function(name: str) -> None:
     """`attnres.X` must stay the function: a module attnres/X.py (or package) would replace it
     as soon as anything imports that module. (`ablate` waits for its split to ablation/.)"""

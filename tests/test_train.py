@@ -7,6 +7,7 @@ conftest.py).
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import inspect
@@ -260,9 +261,10 @@ def test_loader_is_a_pure_function_of_seed_and_epoch(tiny_data):
 
 # ------------------------------------------------------------------ interrupted runs
 
-def interrupted_run(data: Path, out: Path, signal_name: str, at_step: int) -> int:
-    """Run the tiny CLI training in a subprocess that signals itself after optimizer
-    step `at_step`; returns its exit status."""
+def interrupted_run(data: Path, out: Path, signal_name: str, at_step: int,
+                    extra_args: tuple[str, ...] = ()) -> int:
+    """Run the tiny CLI training (plus `extra_args`) in a subprocess that signals itself
+    after optimizer step `at_step`; returns its exit status."""
     script = textwrap.dedent(f"""
         import os, signal, sys
         import torch
@@ -278,7 +280,7 @@ def interrupted_run(data: Path, out: Path, signal_name: str, at_step: int) -> in
             if steps[0] == {at_step}:
                 os.kill(os.getpid(), signal.{signal_name})
         register_optimizer_step_post_hook(after_step)
-        sys.exit(main({tiny_cli_args(data, out)!r}))
+        sys.exit(main({[*tiny_cli_args(data, out), *extra_args]!r}))
     """)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
@@ -407,6 +409,9 @@ def test_monitor_logs_gate_statistics(tiny_data, tmp_path):
     ({"preset": "nope"}, "unknown preset 'nope'"),
     ({"skip_nonfinite": -1}, "skip_nonfinite=-1"),
     ({"device": "tpu"}, "device='tpu'"),
+    ({"ema": 1.0}, "ema=1.0"),
+    ({"ema": -0.5}, "ema=-0.5"),
+    ({"precise_bn": -1}, "precise_bn=-1"),
 ])
 def test_bad_options_raise_value_error(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -421,3 +426,199 @@ def test_cli_bad_argument_is_one_line(capsys):
     assert err.count("\n") == 0 and "batch_size=0" in err and "Traceback" not in err
     assert main(["train", "--attention-kwargs", "reduction", "--quiet"]) == 2
     assert "name=value" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ precise batch norm
+
+def bn_input_statistics(model: torch.nn.Module, batches: list[torch.Tensor]
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each batch norm of a copy of `model` run in training mode: the mean over
+    `batches` of each batch's per-channel input mean and unbiased variance (float64),
+    from forward hooks."""
+    from attnres.training.bn_recompute import batch_norms
+
+    model = copy.deepcopy(model).train()
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    names = {module: name for name, module in model.named_modules()}
+
+    def hook(module, inputs, output):
+        x = inputs[0].double()
+        dims = [0, *range(2, x.dim())]
+        seen.setdefault(names[module], []).append((x.mean(dims), x.var(dims, unbiased=True)))
+
+    handles = [norm.register_forward_hook(hook) for norm in batch_norms(model)]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for handle in handles:
+        handle.remove()
+    return {name: (torch.stack([m for m, _ in stats]).mean(0),
+                   torch.stack([v for _, v in stats]).mean(0)) for name, stats in seen.items()}
+
+
+def random_batches(count: int, size: int = 6) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    # not standardised: the recomputed statistics must differ from the initial 0 / 1
+    return [torch.randn(size, 3, 16, 16, generator=gen) * 2 + 0.5 for _ in range(count)]
+
+
+def test_precise_bn_is_the_average_of_the_layers_input_statistics():
+    from attnres import precise_bn
+    from attnres.attention import SafeBatchNorm2d
+
+    model = build_model("resnet20", attention="bam", placement="stage", num_classes=10)
+    model.eval()
+    assert any(isinstance(m, SafeBatchNorm2d) for m in model.modules())  # BAM's gates
+    batches = random_batches(5)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    momenta = {n: m.momentum for n, m in model.named_modules() if hasattr(m, "momentum")}
+    expected = bn_input_statistics(model, batches[:3])
+
+    # a longer loader of (images, labels): only the first 3 batches count
+    used = precise_bn(model, [(x, torch.zeros(len(x))) for x in batches], 3)
+    assert used == 3
+    modules = dict(model.named_modules())
+    assert expected.keys() == {n for n, m in modules.items()
+                               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    for name, (mean, var) in expected.items():
+        norm = modules[name]
+        torch.testing.assert_close(norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(norm.running_var, torch.ones_like(norm.running_var))
+        assert norm.momentum == momenta[name]
+    for name, p in model.named_parameters():  # weights frozen
+        assert torch.equal(p, weights[name]), name
+    assert not any(m.training for m in model.modules())  # modes restored
+
+
+def test_precise_bn_equals_torch_update_bn():
+    from torch.optim.swa_utils import update_bn
+
+    from attnres import precise_bn
+
+    model = build_model("resnet20", attention="cbam", num_classes=10,
+                        attention_kwargs={"spatial_norm": "batch"})  # SafeBatchNorm2d in gates
+    model.train()
+    batches = random_batches(4)
+    reference = copy.deepcopy(model)
+    update_bn(batches, reference)
+    assert precise_bn(model, iter(batches), 10) == 4  # the loader ran out first
+    assert model.training
+    for (name, ours), (_, theirs) in zip(model.state_dict().items(),
+                                         reference.state_dict().items(), strict=True):
+        assert torch.equal(ours, theirs), name
+
+
+def test_precise_bn_refuses_bad_arguments():
+    from attnres import precise_bn
+
+    model = build_model("resnet20", num_classes=10)
+    with pytest.raises(ValueError, match="batches=0"):
+        precise_bn(model, random_batches(1), 0)
+    with pytest.raises(ValueError, match="no batches"):
+        precise_bn(model, [], 2)
+
+
+@pytest.mark.slow
+def test_precise_bn_after_training_is_recorded_and_saved(tiny_data, reference_run, tmp_path):
+    from attnres.data import make_loaders
+    from attnres.evaluation import evaluate
+    from attnres.training.bn_recompute import precise_bn
+
+    out = tmp_path / "precise"
+    summary = run_tiny(tiny_data, out, precise_bn=2)
+    result = summary["precise_bn"]
+    assert json.loads((out / "summary.json").read_text())["precise_bn"] == result
+    assert result["batches"] == 2 and result["images"] == 64
+    assert result["val_top1_before"] == summary["last_val_top1"]
+    # the same training, untouched: last.pt keeps the trained statistics
+    assert_same_state(load_checkpoint(reference_run / "last.pt")["model"],
+                      load_checkpoint(out / "last.pt")["model"])
+
+    # precise-bn.pt: the final weights with statistics over two fresh training batches
+    data = tiny_dataset(str(tiny_data))
+    model = load_model(out / "last.pt")
+    loader, _ = make_loaders(data, 32, seed=0)
+    loader.set_epoch(2)
+    precise_bn(model, loader, 2)
+    saved = load_model(out / "precise-bn.pt")
+    assert_same_state(model.state_dict(), saved.state_dict())
+    after = evaluate(saved, data)
+    assert result["val_top1_after"] == pytest.approx(100 * after["top1"], abs=1e-9)
+    assert result["val_loss_after"] == pytest.approx(after["loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------ EMA of the weights
+
+@pytest.mark.slow
+def test_ema_is_the_closed_form_average_of_the_raw_weights(tiny_data, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import attnres.training.loop as loop
+
+    decay, models, states = 0.7, [], []
+    make_ema = loop.make_ema
+
+    def record(*_) -> None:  # the raw weights and buffers the EMA sees
+        states.append({k: v.detach().double().clone()
+                       for k, v in models[0].state_dict().items() if v.is_floating_point()})
+
+    def capture(model, value):  # the raw model, when its EMA starts
+        models.append(model)
+        record()
+        return make_ema(model, value)
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(loop, "make_ema", capture)
+            summary = run_tiny(tiny_data, tmp_path / "ema", ema=decay)
+    finally:
+        handle.remove()
+    assert len(states) == 1 + 2 * STEPS_PER_EPOCH  # the start, then after each step
+
+    expected = dict(states[0])  # W_0^ema = W_0, then W^ema <- d W^ema + (1 - d) W_t
+    for state in states[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * state[k] for k in expected}
+    ema = load_checkpoint(tmp_path / "ema" / "ema.pt")
+    assert ema["ema_decay"] == decay and ema["epoch"] == 2
+    for key, value in expected.items():  # parameters and batch-norm statistics alike
+        torch.testing.assert_close(ema["model"][key].double(), value, rtol=1e-5, atol=1e-6)
+    last = load_checkpoint(tmp_path / "ema" / "last.pt")
+    assert not torch.allclose(ema["model"]["conv1.weight"], last["model"]["conv1.weight"])
+    assert last["ema"]["n_averaged"].item() == 1 + 2 * STEPS_PER_EPOCH
+
+    # validated every epoch next to the raw weights; ema.pt loads and scores what was logged
+    from attnres.evaluation import evaluate
+
+    rows = list(csv.DictReader((tmp_path / "ema" / "metrics.csv").open()))
+    assert all(float(r["ema_val_top1"]) >= 0 and "ema_val_loss" in r for r in rows)
+    result = evaluate(load_model(tmp_path / "ema" / "ema.pt"), tiny_dataset(str(tiny_data)))
+    assert float(rows[-1]["ema_val_top1"]) == pytest.approx(100 * result["top1"], abs=1e-9)
+    assert summary["last_ema_val_top1"] == float(rows[-1]["ema_val_top1"])
+    best = max(rows, key=lambda r: float(r["ema_val_top1"]))
+    assert load_checkpoint(tmp_path / "ema" / "ema-best.pt")["epoch"] == int(best["epoch"])
+
+
+def test_ema_and_precise_bn_options_on_the_command_line():
+    config = cli_config("--ema", "0.999", "--precise-bn", "50")
+    assert (config.ema, config.precise_bn) == (0.999, 50)
+    assert (TrainConfig().ema, TrainConfig().precise_bn) == (0.0, 0)  # off by default
+
+
+@pytest.mark.slow
+def test_sigint_then_resume_with_ema_is_exact(tiny_data, tmp_path):
+    reference = tmp_path / "reference-ema"
+    run_tiny(tiny_data, reference, ema=0.9)
+    out = tmp_path / "interrupted-ema"
+    assert interrupted_run(tiny_data, out, "SIGINT", at_step=STEPS_PER_EPOCH + 1,
+                           extra_args=("--ema", "0.9")) == 130
+    assert "ema" in load_checkpoint(out / "last.pt")
+    run_tiny(tiny_data, out, resume=str(out), ema=0.9)
+    expected, resumed = load_checkpoint(reference / "last.pt"), load_checkpoint(out / "last.pt")
+    assert_same_state(expected["model"], resumed["model"])
+    assert_same_state(expected["ema"], resumed["ema"])
+    assert_same_state(load_checkpoint(reference / "ema.pt")["model"],
+                      load_checkpoint(out / "ema.pt")["model"])
+    assert [r["ema_val_top1"] for r in resumed["metrics"]] == \
+        [r["ema_val_top1"] for r in expected["metrics"]]

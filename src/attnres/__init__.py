@@ -15,7 +15,9 @@ from .models import add_attention, build_model, insert_attention, list_models, l
 from .data import load_dataset
 from .checkpoint import load_model
 from .training import TrainConfig, train
+from .training.bn_recompute import precise_bn
 from .evaluation import evaluate
+from .prediction import predict
 from .analysis.monitor import AttentionMonitor
 from .analysis.explain import explain
 from .analysis.bench import bench
@@ -24,8 +26,7 @@ from .ablation import ablate, report
 
 __all__ = [
     "AttentionMonitor", "TrainConfig", "__version__", "ablate", "add_attention", "bench",
-    "build_model",
-    "create_attention", "evaluate", "explain", "export_model", "insert_attention",
-    "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained", "report",
-    "train",
+    "build_model", "create_attention", "evaluate", "explain", "export_model", "insert_attention",
+    "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained",
+    "precise_bn", "predict", "report", "train",
 ]

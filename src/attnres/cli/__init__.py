@@ -13,8 +13,8 @@ import sys
 
 from ..attention import closest
 
-COMMANDS = ["models", "train", "eval", "ablate", "report", "demo", "explain", "bench",
-            "profile", "export"]
+COMMANDS = ["models", "train", "eval", "predict", "ablate", "report", "demo", "explain",
+            "bench", "profile", "export"]
 
 
 class UsageError(Exception):

@@ -77,6 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     optim.add_argument("--warmup-epochs", type=float)
     optim.add_argument("--attention-lr-mult", type=float,
                        help="learning-rate multiplier for attention parameters")
+    optim.add_argument("--ema", type=float, metavar="DECAY",
+                       help="keep an EMA of the weights (e.g. 0.999), validated every epoch")
+    optim.add_argument("--precise-bn", type=int, metavar="N",
+                       help="after the last epoch, recompute batch-norm statistics over N "
+                            "training batches")
 
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int)

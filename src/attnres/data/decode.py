@@ -237,6 +237,19 @@ def decode_full(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
+def pil_to_tensor(img) -> torch.Tensor:
+    """A loaded PIL image of any mode as uint8 RGB `(3, h, w)`, by the module's rules."""
+    rgb = _channels_to_rgb(_pil_channels(img))
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def fit_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 `(C, h, w)`, C in 1..4 (grey, grey+alpha, RGB, RGBA) -> RGB `(3, size, size)`
+    as images are loaded: alpha over white, grey repeated, shorter side resized, centre crop."""
+    rgb = _channels_to_rgb(image.permute(1, 2, 0).numpy())
+    return _fit(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))), size)
+
+
 def decode_image_bytes(data: bytes, size: int) -> torch.Tensor:
     """`decode_full(data)` resized (shorter side) and centre cropped to `(3, size, size)`."""
     return _fit(decode_full(data), size)
@@ -309,4 +322,4 @@ def _choose_size(items: Sequence[tuple[str, bytes]], image_size: int | None) -> 
     return side if side <= SMALL_MAX_SIZE else 224
 
 
-__all__ = ["decode_image_bytes"]
+__all__ = ["decode_image_bytes", "fit_image", "pil_to_tensor"]

@@ -6,6 +6,9 @@
     distributed.py  process group, all-reduce, batch-norm buffer averaging
     resume.py       seeding, RNG states, what a resumed run may change
     validation.py   loss / top-1 / top-5 on the validation split
+    ema.py          --ema: an EMA of the weights (torch's AveragedModel), ema.pt
+    precise_bn.py   precise_bn(): batch-norm statistics recomputed over N batches
+    normalisation.py  normalisation_for(): the pretrained weights' mean/std, else the data's
     report.py       config.json, metrics.csv, summary.json, TensorBoard, progress lines
     meters.py       peak memory;  signals.py: stopping cleanly on SIGINT / SIGTERM
 
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 from .config import RESUME_OVERRIDABLE, NonFiniteLossError, TrainConfig, validate_config
 from .loop import train
+from .normalisation import normalisation_for
 from .recipe import (RECIPES, attention_parameter_names, lr_factor, param_groups,
                      recipe_values)
 
 __all__ = ["RECIPES", "RESUME_OVERRIDABLE", "NonFiniteLossError", "TrainConfig",
-           "attention_parameter_names", "lr_factor", "param_groups", "recipe_values", "train",
-           "validate_config"]
+           "attention_parameter_names", "lr_factor", "normalisation_for", "param_groups",
+           "recipe_values", "train", "validate_config"]

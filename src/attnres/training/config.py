@@ -52,6 +52,10 @@ class TrainConfig:
     step_gamma: float = 0.1
     attention_lr_mult: float = 1.0           # lr multiplier for attention parameters
 
+    # weight averaging and batch-norm statistics (see training/ema.py, training/precise_bn.py)
+    ema: float = 0.0                         # EMA decay of the weights, e.g. 0.999; 0: off
+    precise_bn: int = 0                      # after the last epoch: BN statistics over N batches
+
     # run
     seed: int = 0
     device: str = "auto"                     # "auto", "cpu", "cuda" or "cuda:N"
@@ -72,7 +76,7 @@ class TrainConfig:
 # Options that may change when a run is resumed; all others must match the saved run or be
 # left at their defaults (then the saved values are used).
 RESUME_OVERRIDABLE = {"epochs", "out", "resume", "device", "compile", "monitor",
-                      "skip_nonfinite", "tensorboard", "quiet"}
+                      "skip_nonfinite", "tensorboard", "quiet", "precise_bn"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,6 +104,12 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"weight_decay={config.weight_decay!r}: must be >= 0")
     if config.attention_lr_mult < 0:
         raise ValueError(f"attention_lr_mult={config.attention_lr_mult!r}: must be >= 0")
+    if isinstance(config.ema, bool) or not (config.ema == 0 or 0 < config.ema < 1):
+        raise ValueError(f"ema={config.ema!r}: must be a decay in (0, 1), e.g. 0.999, or 0 "
+                         f"(off)")
+    if isinstance(config.precise_bn, bool) or not isinstance(config.precise_bn, int) \
+            or config.precise_bn < 0:
+        raise ValueError(f"precise_bn={config.precise_bn!r}: must be a number of batches >= 0")
     if config.warmup_epochs < 0:
         raise ValueError(f"warmup_epochs={config.warmup_epochs!r}: must be >= 0")
     if config.schedule not in ("cosine", "step"):

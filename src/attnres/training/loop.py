@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +31,11 @@ from . import report
 from .config import NonFiniteLossError, TrainConfig, validate_config
 from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pick_device,
                           setup_distributed, teardown_distributed, wrap_model)
+from .ema import ema_metrics, make_ema, save_ema
 from .meters import MemoryMeter
-from .recipe import make_optimizer, make_scheduler
+from .normalisation import with_normalisation
+from .bn_recompute import run_precise_bn
+from .recipe import advance_scheduler, make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
 from .signals import StopRequest
 from .validation import to_device, validate
@@ -95,6 +97,7 @@ class _Run:
     net: nn.Module | None = None    # raw_model, compiled when asked: validation runs on it
     model: nn.Module | None = None  # net, in DDP when distributed: training runs on it
     writer: Any = None              # TensorBoard, rank 0 only
+    ema: Any = None                 # AveragedModel of raw_model under --ema (see ema.py)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     nonfinite_steps: int = 0
     start_epoch: int = 0
@@ -120,12 +123,14 @@ class _Run:
                 "epoch": epoch, "batch": batch, "partial": partial, "rng": rng_state(),
                 "config": asdict(self.config), "preprocessing": self.preprocessing,
                 "metrics": self.metrics, "nonfinite_steps": self.nonfinite_steps,
-                "world_size": self.ddp.world_size}
+                "world_size": self.ddp.world_size,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def summary(self, memory: MemoryMeter, *, finished: bool) -> dict[str, Any]:
         return report.summary(self.config, self.metrics, memory=memory, finished=finished,
                               params=sum(p.numel() for p in self.raw_model.parameters()),
-                              world_size=self.ddp.world_size)
+                              world_size=self.ddp.world_size,
+                              normalisation=self.preprocessing.get("normalisation"))
 
 
 def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
@@ -161,6 +166,7 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[s
     if run.writer is not None:
         run.writer.close()
     summary = run.summary(memory, finished=len(run.metrics) >= config.epochs)
+    run_precise_bn(run, summary)  # --precise-bn N: adds to summary (and summary.json)
     run.log(f"done: best val top-1 {summary['best_val_top1']:.2f}, last "
             f"{summary['last_val_top1']:.2f}; wrote {out}")
     return summary
@@ -188,11 +194,13 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
                                    blocks=config.blocks, preset=config.preset,
                                    num_classes=data.num_classes, pretrained=config.pretrained,
                                    attention_kwargs=dict(config.attention_kwargs) or None)
+    data, preprocessing = with_normalisation(data, config.pretrained, config.arch)
     # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
     channels_last = config.channels_last and (use_cuda or config.amp)
     raw_model.to(device, memory_format=torch.channels_last if channels_last
                  else torch.preserve_format)
     optimizer = make_optimizer(raw_model, config)
+    ema = make_ema(raw_model, config.ema) if config.ema else None
 
     # on CUDA, batches are cut and augmented on the GPU when the images fit comfortably
     on_device = use_cuda and data.train.images.numel() + data.val.images.numel() < 2**31
@@ -209,13 +217,12 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and use_cuda
                                   and amp_dtype == torch.float16)
     return _Run(
-        config=config, ddp=ddp, out=out, device=device, raw_model=raw_model,
+        config=config, ddp=ddp, out=out, device=device, raw_model=raw_model, ema=ema,
         optimizer=optimizer, scheduler=make_scheduler(optimizer, config, steps_per_epoch),
         scaler=scaler, train_loader=train_loader, val_loader=val_loader,
         steps_per_epoch=steps_per_epoch, channels_last=channels_last,
         autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
-        preprocessing={"mean": list(data.mean), "std": list(data.std),
-                       "image_size": data.image_size, "classes": list(data.classes)})
+        preprocessing=preprocessing)
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
@@ -224,6 +231,8 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ckpt["ema"])
     set_rng_state(ckpt["rng"])
     run.start_epoch, run.start_batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
     run.metrics = list(ckpt["metrics"])
@@ -256,6 +265,7 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
     average_buffers(run.raw_model, run.ddp)
     row.update(validate(run.net, run.val_loader, run.device, run.ddp, run.autocast,
                         run.channels_last))
+    row.update(ema_metrics(run))  # --ema: ema_val_loss, ema_val_top1, ema_val_top5
     row["train_images"] = int(seen)
     row["train_step_time_s"] = step_time
     row["epoch_time_s"] = time.perf_counter() - epoch_start
@@ -312,7 +322,9 @@ def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, sums: _Su
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
-        _advance(run.scheduler)
+        advance_scheduler(run.scheduler)
+        if run.ema is not None:
+            run.ema.update_parameters(run.raw_model)
         sums.loss += loss_value * labels.numel()
         sums.correct += (logits.argmax(1) == labels).sum().item()
         sums.seen += labels.numel()
@@ -335,14 +347,7 @@ def _skip_update(run: _Run, loss_value: float, epoch: int, step: int) -> None:
     run.log(f"warning: {where}: update skipped ({run.nonfinite_steps}/"
             f"{run.config.skip_nonfinite} allowed)")
     run.optimizer.zero_grad(set_to_none=True)
-    _advance(run.scheduler)
-
-
-def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """One scheduler step; the schedule counts steps, skipped updates included."""
-    with warnings.catch_warnings():  # torch warns when a skipped first update precedes it
-        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
-        scheduler.step()
+    advance_scheduler(run.scheduler)
 
 
 def _add_gate_statistics(run: _Run, row: dict[str, Any],
@@ -371,6 +376,7 @@ def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
     save_checkpoint(state, run.out / "last.pt")
     if improved:
         save_checkpoint(state, run.out / "best.pt")
+    save_ema(run)
     report.write_metrics(run.out, run.metrics)
     if run.writer is not None:
         report.log_scalars(run.writer, run.metrics[-1])

@@ -8,6 +8,7 @@ and the run's `config.json` records which one it started from.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -134,5 +135,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Any, steps_per_epoc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-__all__ = ["RECIPES", "attention_parameter_names", "lr_factor", "make_optimizer",
-           "make_scheduler", "param_groups", "recipe_values"]
+def advance_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One scheduler step; the schedule counts steps, skipped updates included."""
+    with warnings.catch_warnings():  # torch warns when a skipped first update precedes it
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+        scheduler.step()
+
+
+__all__ = ["RECIPES", "advance_scheduler", "attention_parameter_names", "lr_factor",
+           "make_optimizer", "make_scheduler", "param_groups", "recipe_values"]

@@ -21,8 +21,10 @@ from .meters import MemoryMeter
 
 
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
-            memory: MemoryMeter, world_size: int, finished: bool) -> dict[str, Any]:
-    """The run's `summary.json`: best and last validation accuracy, cost, versions, config."""
+            memory: MemoryMeter, world_size: int, finished: bool,
+            normalisation: str | None = None) -> dict[str, Any]:
+    """The run's `summary.json`: best and last validation accuracy, cost, versions, config;
+    `normalisation` says where the input mean/std came from."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
     last_row = metrics[-1] if metrics else None
     train_time = sum(r["epoch_time_s"] for r in metrics)
@@ -34,6 +36,7 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "best_epoch": best_row["epoch"] if best_row else None,
         "last_val_top1": last_row["val_top1"] if last_row else None,
         "last_val_top5": last_row["val_top5"] if last_row else None,
+        **_ema_summary(metrics),
         "params": params,
         "train_time_s": train_time,
         "train_images_per_s": images / step_time if step_time > 0 else None,
@@ -42,9 +45,20 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "epochs": len(metrics),
         "finished": finished,
         "world_size": world_size,
+        "normalisation": normalisation,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
         "config": asdict(config),
     }
+
+
+def _ema_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best and last validation top-1 of the EMA weights (--ema); {} without."""
+    rows = [r for r in metrics if "ema_val_top1" in r]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r["ema_val_top1"])
+    return {"best_ema_val_top1": best["ema_val_top1"], "best_ema_epoch": best["epoch"],
+            "last_ema_val_top1": rows[-1]["ema_val_top1"]}
 
 
 def write_config(out: Path, config: TrainConfig) -> None:
@@ -83,9 +97,10 @@ def log_scalars(writer: Any, row: dict[str, Any]) -> None:
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The line printed after each epoch."""
+    ema = f" (EMA {row['ema_val_top1']:.2f})" if "ema_val_top1" in row else ""
     return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
             f"top-1 {row['train_top1']:.2f} | val loss {row['val_loss']:.4f} top-1 "
-            f"{row['val_top1']:.2f} top-5 {row['val_top5']:.2f} | "
+            f"{row['val_top1']:.2f} top-5 {row['val_top5']:.2f}{ema} | "
             f"{row['train_images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s")
 
 
