@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnres.analysis.monitor import AttentionMonitor
+from attnres.attention.monitor import AttentionMonitor
 from attnres.attention import (
     CoordinateAttention, attention_spec, create_attention, iter_attention, iter_gates)
 from attnres.models import build_model, insert_attention, list_placements
@@ -185,7 +185,7 @@ def test_monitor_statistics_equal_the_paper_gates() -> None:
 
 
 def test_find_saturation_reads_row_and_column_gates() -> None:
-    from attnres.analysis.monitor import find_saturation
+    from attnres.attention.monitor import find_saturation
 
     m = randomize(CoordinateAttention(16, reduction=2)).eval()
     x = torch.randn(2, 16, 6, 6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnres.analysis.monitor import AttentionMonitor, find_saturation
+from attnres.attention.monitor import AttentionMonitor, find_saturation
 from attnres.attention import (
     BAM, CBAM, EfficientChannelAttention, SqueezeExcite, attention_spec, create_attention,
     list_attention)

@@ -388,7 +388,7 @@ def test_skip_nonfinite_tolerates_n_steps(tiny_data, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ monitor
 
 def test_monitor_logs_gate_statistics(tiny_data, tmp_path):
-    pytest.importorskip("attnres.analysis.monitor")
+    pytest.importorskip("attnres.attention.monitor")
     run_tiny(tiny_data, tmp_path / "mon", epochs=1, monitor=True)
     rows = list(csv.DictReader((tmp_path / "mon" / "metrics.csv").open()))
     value = float(rows[0]["layer1.0.attn/channel_mean"])

@@ -18,7 +18,7 @@ from .training import TrainConfig, train
 from .training.bn_recompute import precise_bn
 from .evaluation import evaluate
 from .prediction import predict
-from .analysis.monitor import AttentionMonitor
+from .attention.monitor import AttentionMonitor
 from .analysis.explain import explain
 from .analysis.bench import bench
 from .export import export_model

@@ -250,7 +250,7 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
     """Train one epoch, then validate; the epoch's row of metrics.csv."""
     monitor = None
     if run.config.monitor:
-        from ..analysis.monitor import AttentionMonitor
+        from ..attention.monitor import AttentionMonitor
 
         monitor = AttentionMonitor(run.raw_model)
     epoch_start = time.perf_counter()
@@ -354,7 +354,7 @@ def _add_gate_statistics(run: _Run, row: dict[str, Any],
                          summary: dict[str, dict[str, Any]]) -> None:
     """--monitor: each gate's statistics as columns of `row`; a warning the first time a
     gate saturates."""
-    from ..analysis.monitor import find_saturation
+    from ..attention.monitor import find_saturation
 
     for module_name, stats in summary.items():
         for stat, value in stats.items():
