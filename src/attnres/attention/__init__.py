@@ -33,7 +33,8 @@ register_attention(AttentionSpec(
     "cbam", CBAM, gates={"channel_gate": "channel", "spatial_gate": "spatial"},
     impls=("fast", "reference", "triton"), timm_name="cbam", paper="Woo et al., ECCV 2018"))
 register_attention(AttentionSpec(
-    "bam", BAM, gates={"gate": "channel+spatial"}, paper="Park et al., BMVC 2018"))
+    "bam", BAM, gates={"gate": "channel+spatial"}, impls=("fast", "reference"),
+    paper="Park et al., BMVC 2018"))
 register_attention(AttentionSpec(
     "sk", SKConv, kind="conv", timm_name=None, paper="Li et al., CVPR 2019"))
 register_attention(AttentionSpec(
