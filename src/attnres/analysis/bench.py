@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..precision import AmpChoice, autocast_context, cpu_bf16_flags, cpu_model, resolve_amp
-from ..utils import resolve_device
+from ..utils import atomic_write_json, resolve_device
 
 MODES = ("infer", "train")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -325,6 +325,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def write_json(path: str, obj: Any) -> None:
+    """`obj` as indented JSON at `path`, written atomically (`utils.atomic_write_json`)."""
+    atomic_write_json(path, obj)
+
+
 __all__ = ["CLOCKS", "MODES", "TIMM_ARCHS", "bench", "default_image_size", "format_bench",
            "machine_info", "peak_step_memory", "run_cases", "time_interleaved",
-           "timm_attention", "timm_model"]
+           "timm_attention", "timm_model", "write_json"]

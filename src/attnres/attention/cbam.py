@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused import (avg_max_pool, channel_pool, gate_product, gated_channel_pool, hw_mean,
-                    is_channels_last,
-                    mul_spatial, use_fast_path)
+                    is_channels_last, mul_spatial, use_fast_path)
 from .norm import SafeBatchNorm2d
 from .shapes import check_feature_map
 

@@ -7,6 +7,9 @@ small gate tensors, and recomputes what it needs in backward:
 - `gated_channel_pool(x, gc)`: `[mean over C; max over C]` of `x * gc`, `(B, 2, H, W)`.
 - `avg_max_pool(x)`: global average and max pooling `(2, B, C)`, one-pass-style backward.
 - `channel_pool(t)`: `[mean over C; max over C]` without autograd.
+- `hw_mean(x)`: average pooling as a sum, whose backward writes one full-size gradient.
+- layout-aware helpers: `outer_gate`, `mul_gates`, `mul_spatial`, `add_channel_`,
+  `add_spatial_`, `hw_max`, `c_max`, `sum_hw_weighted`, `sum_c_weighted`.
 
 Everything keeps the input's dtype (bf16 stays bf16: the full-size maps are never upcast;
 pooled vectors and gates are small) and its layout (contiguous or channels_last). On CPU,
