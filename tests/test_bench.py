@@ -9,9 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from attnres.analysis.bench import bench, peak_step_memory, time_interleaved
+from attnres.analysis import suite as suite_module
+from attnres.analysis.bench import bench, peak_step_memory, time_interleaved, timm_model
 from attnres.analysis.profile import activation_bytes, profile_model
+from attnres.analysis.suite import format_suite, suite
+from attnres.attention import attention_spec, list_attention
 from attnres.cli import main
+from attnres.precision import cpu_bf16_flags, cpu_model
 
 
 def test_time_interleaved_takes_turns_and_returns_medians():
@@ -83,7 +87,9 @@ def test_bench_compares_with_timm():
     ({"arch": "resnet20", "attention": "cbma"}, "allowed"),
     ({"arch": "resnet20", "attention": "cbam", "mode": "fit"}, "mode"),
     ({"arch": "resnet20", "attention": "cbam", "device": "tpu"}, "device"),
-    ({"arch": "resnet20", "attention": "bam", "impl": "fast"}, "impl"),
+    ({"arch": "resnet20", "attention": "se", "impl": "triton"}, "for 'se': fast, reference"),
+    ({"arch": "resnet20", "attention": "cbam", "amp": "fp61"}, "did you mean 'fp16'"),
+    ({"arch": "resnet20", "attention": "cbam", "clock": "sundial"}, "allowed wall, cpu"),
 ])
 def test_bench_bad_input(kwargs, match):
     if kwargs.get("compare"):
@@ -123,3 +129,73 @@ def test_profile_model_and_cli(tmp_path, capsys):
                  "--image-size", "8", "--repeats", "1", "--json", str(out)]) == 0
     assert "attnres" not in json.loads(out.read_text())
     assert "GFLOPs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_bench_bf16_channels_last(mode):
+    r = bench("resnet20", "cbam", batch_size=2, image_size=8, mode=mode, repeats=1, warmup=1,
+              amp="bf16", channels_last=True, clock="cpu")
+    assert (r["amp"], r["channels_last"], r["clock"]) == ("bf16", True, "cpu")
+    assert "bf16" in r["amp_reason"]
+    for name in ("baseline", "attnres"):  # throughput is the batch over the median time
+        assert r[f"{name}_images_per_s"] == pytest.approx(2 / (r[f"{name}_ms"] / 1e3))
+
+
+def test_timm_names_come_from_the_registry():
+    timm = pytest.importorskip("timm")
+    del timm
+    without = [n for n in list_attention() if attention_spec(n).timm_name is None]
+    assert "bam" in without
+    with pytest.raises(ValueError, match="no timm counterpart.*cover cbam, eca, se"):
+        timm_model("resnet18", without[0], 10)
+    model = timm_model("resnet18", "eca", 10)
+    assert any(type(m).__name__.lower().startswith("eca") for m in model.modules())
+
+
+TINY_SUITE = dict(rounds=1, warmup=0, train_batch=2, train_image_size=8, attentions=["cbam"],
+                  infer_arch="resnet18", infer_batches=(1,), infer_image_size=32)
+
+
+def test_suite_table():
+    r = suite(**TINY_SUITE)
+    train, infer = r["train"], r["infer"]
+    assert train["models"] == ["plain", "cbam"]
+    for p in ("bf16", "fp32"):
+        rows = train[p]
+        assert rows["cbam"]["ratio"] == pytest.approx(rows["cbam"]["ms"] / rows["plain"]["ms"])
+        assert rows["plain"]["ratio"] == 1.0
+        if rows["plain"]["peak_mem_mb"] is not None:
+            assert rows["cbam"]["mem_ratio"] == pytest.approx(
+                rows["cbam"]["peak_mem_mb"] / rows["plain"]["peak_mem_mb"])
+        row = infer["batch1"][p]
+        assert row["cbam"]["ratio"] == pytest.approx(row["cbam"]["ms"] / row["plain"]["ms"])
+    assert train["bf16_speedup"] == pytest.approx(train["fp32"]["plain"]["ms"]
+                                                  / train["bf16"]["plain"]["ms"])
+    assert r["settings"]["precisions"]["bf16"]["dtype"] == "bf16"
+    assert r["machine"]["cpu"] == cpu_model()
+    assert r["machine"]["cpu_bf16_flags"] == cpu_bf16_flags()
+    md = format_suite(r)
+    assert cpu_model() in md and "| bf16 step time | 1.00" in md and "+cbam" in md
+    assert "| fp32, batch 1 |" in md and "bf16 autocast against fp32" in md
+    json.dumps(r)
+
+
+def test_suite_bad_input():
+    with pytest.raises(ValueError, match="precisions"):
+        suite(**{**TINY_SUITE, "precisions": ("fp8",)})
+    with pytest.raises(ValueError, match="allowed"):
+        suite(**{**TINY_SUITE, "attentions": ["cbma"]})
+
+
+@pytest.mark.slow
+def test_cli_suite_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
+    real = suite_module.suite
+    monkeypatch.setattr(suite_module, "suite", lambda **kw: real(**{**kw, **TINY_SUITE}))
+    out = tmp_path / "suite"
+    assert main(["bench", "--suite", "--out", str(out), "--rounds", "1", "--clock", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "suite.json").read_text())
+    assert data["settings"]["clock"] == "cpu" and data["settings"]["channels_last"] is True
+    assert (out / "suite.md").read_text() in printed
+    assert main(["bench", "--suite", "--amp", "bf16"]) == 2  # the suite runs both precisions
+    assert "drop --amp" in capsys.readouterr().err

@@ -270,3 +270,141 @@ def test_state_dict_keys_do_not_depend_on_impl():
 
 def test_copy_keeps_impl():
     assert copy.deepcopy(CBAM(8, impl="reference")).impl == "reference"
+
+
+# -- bf16 and channels_last, under autocast as training runs them -----------------------
+
+GATES = ["se", "eca", "cbam", "bam"]
+BF16_SHAPES = [(2, 16, 8, 8), (1, 16, 1, 1), (1, 32, 5, 7), (2, 64, 4, 4)]
+
+
+def autocast_step(module, x0, grad, autocast=True):
+    """Output and gradients (input, every parameter) of one step, as float64."""
+    x = x0.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = module(x)
+    out.backward(grad.to(out.dtype))
+    grads = {"out": out.detach(), "x": x.grad}
+    grads.update({n: p.grad for n, p in module.named_parameters()})
+    return {k: v.double() for k, v in grads.items()}
+
+
+@pytest.mark.parametrize("name", GATES)
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])
+def test_fast_matches_reference_in_bf16_autocast(name, shape, channels_last, x_dtype):
+    """bf16 tolerance: outputs and input gradients of the two paths agree within 3 % of the
+    largest reference value (a few bf16 roundings), and every output and gradient of the
+    fast path is at most twice as far from a float64 computation as the reference path's,
+    plus 2 % (scales: the tensor's largest float64 value, at least 5 % of the largest
+    parameter gradient: some gradients are zero in exact arithmetic, such as those of a
+    weight followed by batch norm over one channel, and are rounding noise in bf16)."""
+    from attnres.attention import create_attention
+
+    torch.manual_seed(11)
+    ref = create_attention(name, shape[1], impl="reference")
+    fast = create_attention(name, shape[1], impl="fast")
+    fast.load_state_dict(ref.state_dict())
+    exact = copy.deepcopy(ref).double()
+    x = torch.randn(shape).to(x_dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape).to(x_dtype)
+    truth = autocast_step(exact, x.double(), grad.double(), autocast=False)
+    got_ref, got_fast = autocast_step(ref, x, grad), autocast_step(fast, x, grad)
+    assert got_fast.keys() == truth.keys()
+    for key in ("out", "x"):
+        assert rel_err(got_fast[key], got_ref[key]) <= 0.03, key
+    param_scale = max(float(v.abs().max()) for k, v in truth.items() if k not in ("out", "x"))
+    for key, exact_value in truth.items():
+        scale = float(exact_value.abs().max())
+        if key not in ("out", "x"):
+            scale = max(scale, 0.05 * param_scale)
+        err_ref = float((got_ref[key] - exact_value).abs().max()) / max(scale, 1e-30)
+        err_fast = float((got_fast[key] - exact_value).abs().max()) / max(scale, 1e-30)
+        assert err_fast <= 2 * err_ref + 0.02, (key, err_fast, err_ref)
+
+
+class FullSizeOutputs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (op, dtype, channels_last?) of every new 4-D tensor (not a view or an
+    in-place result) with >= `numel` elements that an op makes."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.seen = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in [*args, *(kwargs or {}).values()]
+                  if isinstance(a, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if (isinstance(t, torch.Tensor) and t.dim() == 4 and t.numel() >= self.numel
+                    and t.untyped_storage().data_ptr() not in inputs):
+                self.seen.append((str(func), t.dtype,
+                                  t.is_contiguous(memory_format=torch.channels_last)))
+        return out
+
+
+@pytest.mark.parametrize("name", GATES)
+@pytest.mark.parametrize("shape", [(4, 16, 8, 8), (2, 64, 6, 6)])
+def test_bf16_channels_last_stays_bf16_channels_last(name, shape):
+    """No full-size map is upcast to fp32 and none leaves channels_last (no hidden layout
+    conversion), in forward and backward, under autocast with a bf16 channels_last input."""
+    from attnres.attention import create_attention
+
+    torch.manual_seed(12)
+    module = create_attention(name, shape[1]).to(memory_format=torch.channels_last)
+    x = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    mode = FullSizeOutputs(x.numel())
+    with mode:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x)
+        out.backward(grad)
+    assert mode.seen, "no full-size op was seen"
+    assert [s for s in mode.seen if s[1] != torch.bfloat16] == []
+    assert [s for s in mode.seen if not s[2]] == []
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.dtype == torch.bfloat16
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", GATES)
+def test_fast_inference_matches_reference_in_bf16(name):
+    from attnres.attention import create_attention
+
+    torch.manual_seed(13)
+    for shape in [(1, 256, 14, 14), (16, 32, 8, 8)]:  # plain conv / depthwise spatial conv
+        ref = create_attention(name, shape[1], impl="reference").eval()
+        fast = create_attention(name, shape[1], impl="fast").eval()
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            a, b = fast(x), ref(x)
+        assert a.dtype == torch.bfloat16 and a.is_contiguous(memory_format=torch.channels_last)
+        assert rel_err(a.float(), b.float()) <= 0.03
+
+
+@pytest.mark.parametrize("channels, kernel, dilation", [(2, 7, 1), (1, 3, 4), (2, 3, 2)])
+def test_thin_conv_gradcheck(channels, kernel, dilation):
+    from attnres.attention.cbam import thin_conv2d
+
+    torch.manual_seed(14)
+    conv = torch.nn.Conv2d(channels, 1, kernel, padding=dilation * (kernel - 1) // 2,
+                           dilation=dilation).double()
+    x = torch.randn(3, channels, 6, 7, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: thin_conv2d(
+        x, _conv_with(conv, w, b)), (x, conv.weight.detach().requires_grad_(),
+                                     conv.bias.detach().requires_grad_()))
+    with torch.no_grad():  # and the forward equals the module's own
+        assert rel_err(thin_conv2d(x, conv), conv(x)) <= 1e-12
+
+
+def _conv_with(conv, weight, bias):
+    """A functional copy of `conv` whose weight and bias are the given tensors."""
+    clone = copy.copy(conv)
+    clone._parameters = dict(conv._parameters)
+    clone._parameters["weight"], clone._parameters["bias"] = weight, bias
+    return clone

@@ -107,11 +107,21 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
-                     repeats: int = 20) -> dict[str, float]:
+                     repeats: int = 20, clock: str = "wall") -> dict[str, float]:
     """Median seconds per call of each function, timed in turns (A B C A B C ...), so that
-    every candidate sees the same machine state. CUDA work is waited for after each call."""
+    every candidate sees the same machine state. CUDA work is waited for after each call.
+
+    `clock`: "wall" (perf_counter) or "cpu" (this process's CPU time, which leaves out the
+    time spent waiting for a core on a shared machine)."""
     import torch
+
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}: allowed {', '.join(CLOCKS)}")
+    now = CLOCKS[clock]
 
     def sync() -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -124,10 +134,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = now()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

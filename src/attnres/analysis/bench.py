@@ -1,59 +1,62 @@
-"""Timing: interleaved medians, so that every candidate sees the same machine state; and
-`bench`, the baseline / attnres / timm comparison behind `attnres bench`.
+"""Timing: interleaved medians, so that every candidate sees the same machine state, and
+`bench`, the baseline / attnres / timm comparison behind `attnres bench` (the standard table
+of `attnres bench --suite` is `analysis.suite`).
 
 Peak memory of a training step: on CUDA `torch.cuda.max_memory_allocated` minus what was
 allocated before the step; on CPU the same quantity from the allocator's own records, read
 through `torch.profiler` (`profile_memory=True`): the running sum of every allocation and
 free during one step, after warm-up, and its maximum. Both count tensor memory only
 (activations, gradients, optimizer temporaries), not the process's other memory.
+
+Clocks: "wall" (`time.perf_counter`, the default) or "cpu" (`time.process_time`, the CPU
+time of the process: on a machine shared with other jobs it leaves out the time the process
+waits for a core, and keeps what it computes; meaningful with CPU devices only).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import time_interleaved  # re-exported: its callers import it from here
+from ..precision import AmpChoice, autocast_context, cpu_bf16_flags, cpu_model, resolve_amp
+from ..utils import CLOCKS, atomic_write_json, resolve_device, time_interleaved  # re-exported
 
+MODES = ("infer", "train")
 # attnres architecture -> timm architecture with the same blocks (timm puts its `attn_layer`
 # where attnres's `block` placement does: after the block's last norm, before the add).
 # The CIFAR nets (resnet20 ... resnet110), SKNet and ResNeSt have no timm counterpart here.
 TIMM_ARCHS = {name: name for name in ("resnet18", "resnet34", "resnet50", "resnet101",
                                       "resnet152", "resnext50_32x4d", "resnext101_32x8d",
                                       "wide_resnet50_2")}
-# attnres attention -> timm `attn_layer` name (timm has no BAM)
-TIMM_ATTENTION = {"se": "se", "eca": "eca", "cbam": "cbam"}
-MODES = ("infer", "train")
-FAST_ATTENTION = ("cbam", "eca", "se")  # modules with impl="fast" | "reference"
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device, or a one-line ValueError if it is not usable here."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r}: not a device name (use cpu, cuda, cuda:0)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: allowed cpu or cuda")
-    return dev
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+
+
+
+
+def timm_attention() -> list[str]:
+    """The registered attention modules that timm has (their `timm_name`)."""
+    from ..attention import attention_spec, list_attention
+
+    return [n for n in list_attention() if attention_spec(n).timm_name]
 
 
 def timm_model(arch: str, attention: str | None, num_classes: int) -> nn.Module:
     """timm's counterpart of `build_model(arch, attention=attention)` (no weights loaded)."""
+    from ..attention import attention_spec
+
     try:
         import timm
     except ImportError as e:
@@ -63,10 +66,11 @@ def timm_model(arch: str, attention: str | None, num_classes: int) -> nn.Module:
                          f"{', '.join(TIMM_ARCHS)}")
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if attention is not None:
-        if attention not in TIMM_ATTENTION:
+        name = attention_spec(attention).timm_name
+        if name is None:
             raise ValueError(f"attention={attention!r} has no timm counterpart; timm "
-                             f"comparisons cover {', '.join(TIMM_ATTENTION)}")
-        kwargs["block_args"] = {"attn_layer": TIMM_ATTENTION[attention]}
+                             f"comparisons cover {', '.join(timm_attention())}")
+        kwargs["block_args"] = {"attn_layer": name}
     return timm.create_model(TIMM_ARCHS[arch], pretrained=False, **kwargs)
 
 
@@ -112,22 +116,27 @@ def peak_step_memory(step: Callable[[], Any], device: torch.device) -> int | Non
     return int(peak)
 
 
-def _make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str
-               ) -> Callable[[], Any]:
+def _make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
+               amp: AmpChoice) -> Callable[[], Any]:
+    device = x.device
     if mode == "infer":
         model.eval()
 
         def infer() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast_context(amp, device):
                 model(x)
         return infer
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp.use_grad_scaler)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        with autocast_context(amp, device):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return train_step
 
 
@@ -138,45 +147,91 @@ def default_image_size(arch: str) -> int:
     return 32 if arch in ARCHS and ARCHS[arch].stem == "cifar" else 224
 
 
+def _check_common(mode: str, repeats: int, batch_sizes: Sequence[int], clock: str,
+                  device: str, threads: int | None) -> torch.device:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: allowed {', '.join(MODES)}")
+    for name, value in (("repeats", repeats), *(("batch_size", b) for b in batch_sizes)):
+        if value < 1:
+            raise ValueError(f"{name}={value!r}: must be >= 1")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}: allowed {', '.join(CLOCKS)}")
+    dev = resolve_device(device)
+    if clock == "cpu" and dev.type != "cpu":
+        raise ValueError(f"clock='cpu' times CPU work only; use clock='wall' on {dev}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads!r}: must be >= 1")
+        torch.set_num_threads(threads)
+    return dev
+
+
+def _inputs(arch_model: nn.Module, batch: int, size: int, dev: torch.device,
+            channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, arch_model.fc.out_features, (batch,), device=dev)
+    return x, y
+
+
+def run_cases(cases: dict[str, tuple[nn.Module, AmpChoice, torch.Tensor, torch.Tensor]],
+              mode: str, *, warmup: int, repeats: int, clock: str = "wall",
+              memory: bool = True) -> dict[str, dict[str, Any]]:
+    """Time `{name: (model, amp, x, y)}` in one interleaved run (models already on their
+    device and memory format): per case the median ms, images/s and, in train mode with
+    `memory`, the peak step memory in MiB (None if not measurable)."""
+    steps = {name: _make_step(m, x, y, mode, amp) for name, (m, amp, x, y) in cases.items()}
+    seconds = time_interleaved(steps, warmup=warmup, repeats=repeats, clock=clock)
+    out: dict[str, dict[str, Any]] = {}
+    for name, step in steps.items():
+        batch = cases[name][2].shape[0]
+        peak = (peak_step_memory(step, cases[name][2].device)
+                if mode == "train" and memory else None)
+        out[name] = {"ms": seconds[name] * 1e3, "images_per_s": batch / seconds[name],
+                     "peak_mem_mb": None if peak is None else peak / 2**20,
+                     "params": sum(p.numel() for p in cases[name][0].parameters())}
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | None = None,
           device: str = "cpu", mode: str = "infer", compare: Sequence[str] = (),
           repeats: int = 20, warmup: int = 3, channels_last: bool = False,
           threads: int | None = None, placement: str = "block", impl: str | None = None,
-          attention_kwargs: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+          attention_kwargs: dict[str, Any] | None = None, seed: int = 0,
+          amp: str | bool | None = "fp32", clock: str = "wall") -> dict[str, Any]:
     """Time the plain network (baseline), the network with attention (attnres) and, with
     `compare=("timm",)`, timm's counterpart, interleaved in one run, on random
-    `(batch_size, 3, image_size, image_size)` inputs.
+    `(batch_size, 3, image_size, image_size)` inputs, all at the precision `amp` chooses
+    (`precision.resolve_amp`: "auto", "bf16", "fp16", "fp32") and memory format.
 
     mode "infer": a forward pass under `torch.inference_mode()` in eval mode; "train": one
     SGD step (forward, cross-entropy, backward, step) in train mode, plus its peak memory.
     Returns a JSON-able dict: baseline_ms, attnres_ms, timm_ms, attnres_ratio, timm_ratio
-    (medians; ratios to the baseline of the same run), peak memory in MiB and
-    peak_mem_ratio (train mode), params, and the settings.
+    (medians; ratios to the baseline of the same run), images/s, peak memory in MiB and
+    peak_mem_ratio (train mode), params, the precision chosen and why, and the settings.
     """
-    from ..attention import list_attention
+    from ..attention import attention_spec, list_attention
     from ..models import build_model
 
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: allowed {', '.join(MODES)}")
     if attention not in list_attention():
         raise ValueError(f"attention={attention!r}: allowed {', '.join(list_attention())}")
     bad = [c for c in compare if c != "timm"]
     if bad:
         raise ValueError(f"compare={bad[0]!r}: allowed timm")
-    for name, value in (("batch_size", batch_size), ("repeats", repeats)):
-        if value < 1:
-            raise ValueError(f"{name}={value!r}: must be >= 1")
-    dev = resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads={threads!r}: must be >= 1")
-        torch.set_num_threads(threads)
+    dev = _check_common(mode, repeats, [batch_size], clock, device, threads)
+    choice = resolve_amp(amp, dev)
     image_size = image_size or default_image_size(arch)
     kwargs = dict(attention_kwargs or {})
     if impl is not None:
-        if attention not in FAST_ATTENTION:
-            raise ValueError(f"impl={impl!r} applies to {', '.join(FAST_ATTENTION)}, "
-                             f"not {attention!r}")
+        impls = attention_spec(attention).impls
+        if impl not in impls or impls == ("reference",):
+            with_impl = [n for n in list_attention() if len(attention_spec(n).impls) > 1]
+            raise ValueError(f"impl={impl!r} applies to {', '.join(with_impl)} (for "
+                             f"{attention!r}: {', '.join(impls)})")
         kwargs["impl"] = impl
 
     torch.manual_seed(seed)
@@ -186,42 +241,31 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
                                     attention_kwargs=kwargs or None)
     if "timm" in compare:
         models["timm"] = timm_model(arch, attention, num_classes)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
-    x = x.contiguous(memory_format=memory_format)
-    y = torch.randint(0, num_classes, (batch_size,), device=dev)
-    steps = {}
-    for name, model in models.items():
-        model.to(dev, memory_format=memory_format)
-        steps[name] = _make_step(model, x, y, mode)
-    seconds = time_interleaved(steps, warmup=warmup, repeats=repeats)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, y = _inputs(models["baseline"], batch_size, image_size, dev, channels_last)
+    cases = {n: (m.to(dev, memory_format=fmt), choice, x, y) for n, m in models.items()}
+    runs = run_cases(cases, mode, warmup=warmup, repeats=repeats, clock=clock)
 
     result: dict[str, Any] = {
         "arch": arch, "attention": attention, "placement": placement, "mode": mode,
         "batch_size": batch_size, "image_size": image_size, "device": str(dev),
         "channels_last": channels_last, "threads": torch.get_num_threads(),
-        "repeats": repeats, "warmup": warmup, "impl": impl or "fast",
+        "repeats": repeats, "warmup": warmup, "impl": impl or "fast", "clock": clock,
+        "amp": choice.dtype, "amp_reason": choice.reason,
         "timm_arch": TIMM_ARCHS.get(arch) if "timm" in compare else None,
         "torch": torch.__version__,
     }
+    base = runs["baseline"]
     for name in ("baseline", "attnres", "timm"):
-        result[f"{name}_ms"] = seconds[name] * 1e3 if name in seconds else None
-        result[f"{name}_params"] = (sum(p.numel() for p in models[name].parameters())
-                                    if name in models else None)
-    for name in ("attnres", "timm"):
-        result[f"{name}_ratio"] = (seconds[name] / seconds["baseline"]
-                                   if name in seconds else None)
-    peaks: dict[str, int | None] = {}
-    if mode == "train":
-        for name, step in steps.items():
-            peaks[name] = peak_step_memory(step, dev)
-    for name in ("baseline", "attnres", "timm"):
-        peak = peaks.get(name)
-        result[f"{name}_peak_mem_mb"] = peak / 2**20 if peak is not None else None
-    base_peak = peaks.get("baseline")
+        r = runs.get(name, {})
+        result[f"{name}_ms"] = r.get("ms")
+        result[f"{name}_images_per_s"] = r.get("images_per_s")
+        result[f"{name}_params"] = r.get("params")
+        result[f"{name}_peak_mem_mb"] = r.get("peak_mem_mb")
     for name, key in (("attnres", "peak_mem_ratio"), ("timm", "timm_peak_mem_ratio")):
-        peak = peaks.get(name)
-        result[key] = peak / base_peak if peak is not None and base_peak else None
+        r = runs.get(name, {})
+        result[f"{name}_ratio"] = _ratio(r.get("ms"), base["ms"])
+        result[key] = _ratio(r.get("peak_mem_mb"), base["peak_mem_mb"])
     return result
 
 
@@ -229,10 +273,11 @@ def format_bench(result: dict[str, Any]) -> str:
     """A small text table of a `bench` result."""
     lines = [f"{result['arch']} + {result['attention']} ({result['placement']}), "
              f"{result['mode']}, batch {result['batch_size']}, {result['image_size']}px, "
-             f"{result['device']}, {result['threads']} threads"
+             f"{result['device']}, {result['threads']} threads, {result['amp']}"
              f"{', channels_last' if result['channels_last'] else ''}; "
-             f"medians of {result['repeats']} interleaved runs",
-             f"{'model':<10}{'ms':>10}{'ratio':>8}{'peak MiB':>10}{'mem ratio':>10}"]
+             f"medians of {result['repeats']} interleaved runs ({result['clock']} clock)",
+             f"precision: {result['amp_reason']}",
+             f"{'model':<10}{'ms':>10}{'ratio':>8}{'img/s':>9}{'peak MiB':>10}{'mem ratio':>10}"]
     for name in ("baseline", "attnres", "timm"):
         ms = result.get(f"{name}_ms")
         if ms is None:
@@ -242,23 +287,27 @@ def format_bench(result: dict[str, Any]) -> str:
         mem_ratio = (1.0 if name == "baseline" and mem is not None else
                      result.get("peak_mem_ratio" if name == "attnres" else
                                 "timm_peak_mem_ratio"))
-        lines.append(f"{name:<10}{ms:>10.2f}{ratio:>8.3f}"
+        lines.append(f"{name:<10}{ms:>10.2f}{ratio:>8.3f}{result[f'{name}_images_per_s']:>9.1f}"
                      f"{'' if mem is None else f'{mem:.1f}':>10}"
                      f"{'' if mem_ratio is None else f'{mem_ratio:.3f}':>10}")
     return "\n".join(lines)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically (temp file beside it, then rename)."""
-    path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise FileNotFoundError(f"--json {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What a benchmark ran on: CPU model and its native bf16 flags, GPU, torch, threads."""
+    info: dict[str, Any] = {"cpu": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags(),
+                            "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_json(path: str, obj: Any) -> None:
+    """`obj` as indented JSON at `path`, written atomically (`utils.atomic_write_json`)."""
+    atomic_write_json(path, obj)
+
+
+__all__ = ["CLOCKS", "MODES", "TIMM_ARCHS", "bench", "default_image_size", "format_bench",
+           "machine_info", "peak_step_memory", "run_cases", "time_interleaved",
+           "timm_attention", "timm_model", "write_json"]

@@ -61,7 +61,8 @@ def profile_model(arch: str, attention: str | None = None, *, placement: str = "
     training forward (`activation_bytes`) and inference latency (median of `repeats`
     interleaved runs under `torch.inference_mode()`), for `(batch_size, 3, S, S)` inputs."""
     from ..models import build_model
-    from .bench import default_image_size, resolve_device, time_interleaved
+    from ..utils import resolve_device
+    from .bench import default_image_size, time_interleaved
 
     dev = resolve_device(device)
     if threads is not None:

@@ -34,7 +34,8 @@ register_attention(AttentionSpec(
     "cbam", CBAM, gates={"channel_gate": "channel", "spatial_gate": "spatial"},
     impls=("fast", "reference", "triton"), timm_name="cbam", paper="Woo et al., ECCV 2018"))
 register_attention(AttentionSpec(
-    "bam", BAM, gates={"gate": "channel+spatial"}, paper="Park et al., BMVC 2018"))
+    "bam", BAM, gates={"gate": "channel+spatial"}, impls=("fast", "reference"),
+    paper="Park et al., BMVC 2018"))
 register_attention(AttentionSpec(
     "coord", CoordinateAttention, gates={"row_gate": "row", "column_gate": "column"},
     timm_name="coord", paper="Hou, Zhou, Feng, CVPR 2021"))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .cbam import check_impl
+from .fused import hw_mean, use_fast_path
 from .squeeze_excite import ChannelGated
 
 
@@ -22,16 +23,20 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
 
 
 class EcaGate(nn.Module):
-    """Channel weights `(B, C, H, W) -> (B, C, 1, 1)`: sigmoid(conv1d_k(AvgPool(x)))."""
+    """Channel weights `(B, C, H, W) -> (B, C, 1, 1)`: sigmoid(conv1d_k(AvgPool(x))).
+    `impl="fast"` pools by a sum (`fused.hw_mean`)."""
 
     def __init__(self, channels: int, gamma: float = 2, b: float = 1,
-                 kernel_size: int | None = None) -> None:
+                 kernel_size: int | None = None, impl: str = "fast") -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         k = kernel_size or eca_kernel_size(channels, gamma, b)
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.mean(dim=(2, 3))[:, None, :])  # (B, 1, C)
+        fast = self.impl == "fast" and use_fast_path()
+        pooled = hw_mean(x) if fast else x.mean(dim=(2, 3))
+        y = self.conv(pooled[:, None, :])  # (B, 1, C)
         return torch.sigmoid(y)[:, 0, :, None, None]
 
 
@@ -44,4 +49,4 @@ class EfficientChannelAttention(ChannelGated):
         super().__init__()
         self.impl = check_impl(impl)
         self.channels = channels
-        self.gate = EcaGate(channels, gamma, b, kernel_size)
+        self.gate = EcaGate(channels, gamma, b, kernel_size, impl)

@@ -27,8 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from ..analysis.bench import write_json
     from ..analysis.profile import format_profile, profile_model
+    from ..utils import atomic_write_json
 
     attention = None if str(args.attention).lower() == "none" else args.attention
     result = profile_model(args.arch, attention, placement=args.placement,
@@ -38,6 +38,6 @@ def run_profile(args: argparse.Namespace) -> int:
                                                             "--attention-kwargs") or None)
     print(format_profile(result))
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
