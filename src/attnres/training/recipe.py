@@ -173,5 +173,5 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Any, steps_per_epoc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-__all__ = ["LR_REFERENCE_BATCH", "RECIPES", "attention_parameter_names", "lr_factor", "make_optimizer",
-           "make_scheduler", "param_groups", "recipe_values"]
+__all__ = ["LR_REFERENCE_BATCH", "RECIPES", "attention_parameter_names", "lr_factor",
+           "make_optimizer", "make_scheduler", "param_groups", "recipe_values"]
