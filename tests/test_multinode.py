@@ -133,6 +133,18 @@ def finish(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[in
     return results
 
 
+def stop_workers(probe_dir: Path) -> None:
+    """SIGKILL any worker of this launch still running (workers have their own session, so
+    they outlive a killed agent); none should be left after `finish`."""
+    for file in probe_dir.glob("pids*.json"):
+        pid = json.loads(file.read_text())["worker"]
+        try:
+            if b"rank_probe" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
 def train_args(data: Path, out: Path, cache: Path) -> list[str]:
     return ["train", "--data", str(data), "--data-loader", "stream", "--workers", "0",
             "--arch", "resnet20", "--image-size", "12", "--val-split", str(N_VAL),
@@ -154,6 +166,14 @@ def same_weights(a: dict, b: dict) -> bool:
 
 @pytest.mark.slow
 def test_two_nodes_train_kill_one_and_resume(tmp_path):
+    try:
+        _two_nodes_train_kill_one_and_resume(tmp_path)
+    finally:
+        for probe_dir in tmp_path.glob("probe-*"):
+            stop_workers(probe_dir)
+
+
+def _two_nodes_train_kill_one_and_resume(tmp_path: Path) -> None:
     (tmp_path / "rank_probe.py").write_text(textwrap.dedent(PROBE))
     data, cache = make_folder(tmp_path / "images"), tmp_path / "cache"
     list_source(data, cache_dir=cache)  # listed once here, as ahead of a cluster job
