@@ -165,7 +165,7 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     assert "attnres.checkpoint" in graph["attnres.evaluation"]           # from .checkpoint
     assert "attnres.training.config" in graph["attnres.training"]        # package __init__
     assert "attnres.models" in graph["attnres.checkpoint"]               # inside a function
-    assert "attnres.data" in graph["attnres.training.loop"]              # from .. import data
+    assert "attnres.data" in graph["attnres.training.data_setup"]        # from .. import data
     tree = ast.parse("import typing\nif typing.TYPE_CHECKING:\n    import a\n"
                      "else:\n    import b\ndef f():\n    import c\n")
     assert [n.names[0].name for n in import_nodes(tree)] == ["typing", "b", "c"]

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import checkpoint_file, load_checkpoint, load_model
-from .data import BatchLoader, ImageData, load_dataset
+from .data import NAMED_DATASETS, BatchLoader, ImageData, StreamLoader, load_dataset, open_stream
 from .utils import atomic_write, atomic_write_json, resolve_device
 
 
@@ -73,23 +73,31 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
     loader = BatchLoader(images.images, images.labels, batch_size=batch_size, train=False,
                          mean=data.mean, std=data.std, kind=data.kind,
                          image_size=data.image_size)
-    device = resolve_device(device)
-    k = min(5, data.num_classes)
-    confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
+    return _evaluate_batches(model, loader, data.classes, resolve_device(device))
+
+
+@torch.inference_mode()
+def _evaluate_batches(model: nn.Module, loader: Any, classes: Sequence[str],
+                      device: torch.device) -> dict:
+    """The metrics of `evaluate` over the normalised batches `(B, 3, S, S)`, `(B,)` of
+    `loader` (a `BatchLoader` or a `StreamLoader`)."""
+    num_classes = len(classes)
+    k = min(5, num_classes)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loss_sum, top1, topk = 0.0, 0, 0
     was_training = model.training
     model.eval()
     try:
         for x, y in loader:
             logits = model(x.to(device, non_blocking=True))
-            if logits.shape[1] != data.num_classes:
+            if logits.shape[1] != num_classes:
                 raise ValueError(f"model gives {logits.shape[1]} outputs but the data has "
-                                 f"{data.num_classes} classes")
+                                 f"{num_classes} classes")
             loss, hits1, hitsk = _accumulate(logits, y.to(device), k, confusion)
             loss_sum, top1, topk = loss_sum + loss, top1 + hits1, topk + hitsk
     finally:
         model.train(was_training)
-    return _summarise(loss_sum, top1, topk, confusion, data.classes, k)
+    return _summarise(loss_sum, top1, topk, confusion, classes, k)
 
 
 def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str],
@@ -133,15 +141,20 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
                         out: str | Path | None = None, split: str = "val",
                         val_split: float | None = None, split_seed: int | None = None,
                         batch_size: int = 256, device: str | torch.device = "cpu",
-                        cache_dir: str | Path | None = None) -> dict[str, Any]:
+                        cache_dir: str | Path | None = None, loader: str | None = None,
+                        workers: int | None = None) -> dict[str, Any]:
     """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
     `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
 
     The data defaults to the checkpoint's own (`config.data`, its validation split and split
     seed); images are normalised with the checkpoint's mean/std and resized to its image
-    size, never with statistics of the new data. Returns the metrics plus "checkpoint",
-    "data", "split" and "files".
+    size, never with statistics of the new data. `loader` ("memory" or "stream"; default:
+    the one the run trained with) says whether the data is decoded into memory or streamed
+    (validation transforms of `attnres.data.stream`, `workers` DataLoader workers, default
+    the run's). Returns the metrics plus "checkpoint", "data", "split" and "files".
     """
+    if split not in ("train", "val"):
+        raise ValueError(f"split {split!r} is not one of: train, val")
     device = resolve_device(device)
     file = checkpoint_file(checkpoint)  # a run folder: its best checkpoint, else its last
     config = dict(load_checkpoint(file).get("config") or {})
@@ -160,17 +173,34 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
         split_seed = int(config.get("split_seed", 0)) if same_data else 0
     if cache_dir is None:
         cache_dir = config.get("cache_dir")
-    dataset = load_dataset(str(spec), val_split=val_split, seed=split_seed,
-                           image_size=int(prep["image_size"]), cache_dir=cache_dir)
+    kind = loader if loader is not None else config.get("loader", "memory")
+    if kind not in ("memory", "stream", "auto"):
+        raise ValueError(f"loader {kind!r} is not one of: memory, stream")
+    if kind != "stream" or str(spec).lower() in NAMED_DATASETS:
+        dataset = load_dataset(str(spec), val_split=val_split, seed=split_seed,
+                               image_size=int(prep["image_size"]), cache_dir=cache_dir)
+    else:
+        dataset = open_stream(str(spec), val_split=val_split, seed=split_seed,
+                              image_size=int(prep["image_size"]), cache_dir=cache_dir,
+                              mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     classes = list(prep.get("classes") or dataset.classes)
     if classes != dataset.classes:
         raise ValueError(f"data {spec!r} has classes {dataset.classes[:10]} but the model was "
                          f"trained on {classes[:10]}")
     dataset = dataclasses.replace(dataset, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
-    result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device)
+    if isinstance(dataset, ImageData):
+        result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device)
+    else:
+        batches = StreamLoader(getattr(dataset, split), batch_size=batch_size, train=False,
+                               mean=dataset.mean, std=dataset.std, kind=dataset.kind,
+                               image_size=dataset.image_size, persistent_workers=False,
+                               num_workers=int(config.get("workers", 0) if workers is None
+                                               else workers))
+        result = _evaluate_batches(model, batches, dataset.classes, device)
     out_dir = Path(out) if out is not None else file.parent / "eval"
     json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
-    result.update(checkpoint=str(file), data=str(spec), split=split,
+    result.update(checkpoint=str(file), data=str(spec), split=split, loader=(
+                      "memory" if isinstance(dataset, ImageData) else "stream"),
                   files={"json": str(json_path), "confusion": str(png_path)})
     save_confusion_png(result["confusion"], dataset.classes, png_path)
     atomic_write_json(json_path, result)

@@ -26,7 +26,7 @@ from ..utils import atomic_write, atomic_write_json
 # Fields that do not change what is learned: the seed (one per run) and how a run executes.
 RUN_FIELDS = frozenset({"seed", "out", "resume", "device", "compile", "monitor",
                         "skip_nonfinite", "tensorboard", "quiet", "cache_dir",
-                        "channels_last", "deterministic"})
+                        "channels_last", "deterministic", "workers"})
 # Compared as the placement they resolve to (see `placement_plan`).
 PLACEMENT_FIELDS = ("placement", "stages", "blocks", "preset")
 RUN_FILES = ("config.json", "metrics.csv", "summary.json")  # summary.json last: it marks a copy
@@ -118,6 +118,8 @@ def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[s
     a, b = run_identity(stored), run_identity(wanted)
     out = []
     for key in a:
+        if key == "loader" and "auto" in (a[key], b.get(key)):
+            continue  # "auto" is resolved per machine; a run records what it resolved to
         if key in b and a[key] != b[key]:
             if key == "placement":
                 shown = f"{placement_label(stored)} vs {placement_label(wanted)}"

@@ -49,14 +49,18 @@ def _check_data(spec: str) -> None:
 
 
 def _plan(grid: Grid, seeds: list[int], common: dict[str, Any], out: Path,
-          log: Callable[[str], None]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+          log: Callable[[str], None], recipe: str | None = None
+          ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(name, explicit settings, full TrainConfig dict) per configuration to run, checked
-    before anything is trained; duplicates of an earlier configuration are dropped."""
+    before anything is trained; duplicates of an earlier configuration are dropped. A
+    `recipe` is the bottom layer, under the grid's values and `common` (as in train)."""
     trainer = _trainer()
     fields = {f.name for f in dataclasses.fields(trainer.TrainConfig)}
     plans, explicit = [], {}
     for config in grid.configs:
         settings = run_settings(grid, config, common, fields)
+        if recipe is not None:
+            settings = trainer.recipe_values(recipe, settings)
         first = trainer.TrainConfig(**settings, seed=seeds[0],
                                     out=str(out / f"{config['name']}-s{seeds[0]}"))
         trainer.validate_config(first)
@@ -165,12 +169,21 @@ def _data_facts(plans: list[tuple[str, dict[str, Any], dict[str, Any]]], seeds: 
                     ckpt = load_checkpoint(path)
                     return (int(ckpt["build_args"]["num_classes"]),
                             int(ckpt["preprocessing"]["image_size"]))
-    from ..data import load_dataset
-
-    s = plans[0][2]
-    data = load_dataset(s["data"], val_split=s["val_split"], seed=s["split_seed"],
-                        image_size=s["image_size"], cache_dir=s["cache_dir"])
+    data = _open_data(plans[0][2])
     return data.num_classes, data.image_size
+
+
+def _open_data(settings: dict[str, Any]) -> Any:
+    """The grid's data as its runs read it: an `ImageData`, or a `StreamData` (listed, not
+    decoded) for streamed runs."""
+    from ..data import load_dataset, open_stream
+
+    common = dict(val_split=settings["val_split"], seed=settings["split_seed"],
+                  image_size=settings["image_size"], cache_dir=settings["cache_dir"])
+    if settings.get("loader") == "stream":
+        return open_stream(str(settings["data"]), mean=settings.get("mean"),
+                           std=settings.get("std"), **common)
+    return load_dataset(str(settings["data"]), **common)
 
 
 def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
@@ -179,13 +192,17 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
            arch: str | None = None, epochs: int | None = None,
            batch_size: int | None = None, overrides: dict[str, Any] | None = None,
            baseline: str | None = None, latency: bool = True, explain_maps: bool = True,
-           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+           recipe: str | None = None, log: Callable[[str], None] = print
+           ) -> list[dict[str, Any]]:
     """Train every configuration x seed of `grid` that is not finished yet, then write the
     report (`report`) of the results folder.
 
     `grid`: a preset name (`list_grid_presets()`), a .toml path, a dict or a `Grid`.
     `seeds` (default: the grid's, else `(0,)`), `data`, `arch`, `epochs`, `batch_size` and
     `overrides` (any TrainConfig fields) apply to every configuration and win over the grid.
+    `recipe` (`attnres.training.RECIPES`): the values every configuration starts from, under
+    the grid's and the overrides (so `attnres ablate --recipe R` runs what `attnres train
+    --recipe R` would, configuration by configuration).
     `results` (default `out`): where finished runs' small files are kept and the report is
     written. `reuse`: rows read from other results folders, not trained here
     ("docs/results/modules:baseline=none,cbam=all"). `latency`: measure the costs
@@ -205,7 +222,7 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     out = Path(out)
     results = Path(results) if results is not None else out
     reuse = [parse_reuse(r) if isinstance(r, str) else r for r in reuse]
-    plans = _plan(grid, seeds, common, out, log)
+    plans = _plan(grid, seeds, common, out, log, recipe)
     names = [name for name, _, _ in plans]
     reused = {dst: (item, src) for item in reuse for src, dst in item.names.items()}
     for dst in reused:
@@ -257,13 +274,15 @@ def _explain(out: Path, results: Path, names: list[str], seed: int, settings: di
 
 
 def _sample_images(settings: dict[str, Any], count: int = 4) -> list[np.ndarray]:
-    """The first validation image of each of the first `count` classes, `(H, W, 3)` uint8."""
-    from ..data import load_dataset
+    """The first validation image of each of the first `count` classes, `(H, W, 3)` uint8
+    (streamed data: decoded at full resolution)."""
+    from ..data.stream import decode_full
 
-    data = load_dataset(str(settings["data"]), val_split=settings["val_split"],
-                        seed=settings["split_seed"], image_size=settings["image_size"],
-                        cache_dir=settings["cache_dir"])
+    data = _open_data(settings)
     labels = data.val.labels.tolist()
+    if settings.get("loader") == "stream":
+        return [decode_full(data.val.read(labels.index(cls))).permute(1, 2, 0).numpy()
+                for cls in range(min(count, data.num_classes)) if cls in labels]
     return [data.val.images[labels.index(cls)].permute(1, 2, 0).numpy()
             for cls in range(min(count, data.num_classes)) if cls in labels]
 

@@ -4,6 +4,7 @@ an honest table."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from .options import parse_key_values
@@ -22,6 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                         "placements (CBAM presets)")
     which.add_argument("--grid", metavar="FILE.toml", help="grid file ([defaults] and "
                                                            "[[configs]] tables)")
+    parser.add_argument("--recipe", default=None, metavar="NAME",
+                        help="start every configuration from a named recipe (e.g. "
+                             "imagenet-resnet, as `attnres train --recipe`); the grid's "
+                             "values and the options given override it")
     parser.add_argument("--data", default=None,
                         help="digits (default), cifar10, cifar100, a folder or .tar(.gz)")
     parser.add_argument("--val-split", type=float, default=None,
@@ -68,6 +73,11 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from attnres.ablation import ablate
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("attnres ablate trains its grid in one process and cannot run "
+                         "under torchrun; run each configuration as `torchrun ... -m attnres "
+                         "train --out DIR/<config>-s<seed> ...`, then `attnres report DIR` "
+                         "(docs/SCALE.md)")
     overrides = parse_settings(args.set)
     if args.val_split is not None:
         # whole numbers mean a count of images, as in `attnres train --val-split`
@@ -81,5 +91,6 @@ def run(args: argparse.Namespace) -> int:
     ablate(args.preset or args.grid, out=args.out, results=args.results, reuse=args.reuse,
            baseline=args.baseline, seeds=args.seeds, data=args.data,
            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-           overrides=overrides, latency=not args.no_latency, explain_maps=not args.no_explain)
+           overrides=overrides, latency=not args.no_latency, explain_maps=not args.no_explain,
+           recipe=args.recipe)
     return 0

@@ -24,6 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are cached")
+    p.add_argument("--data-loader", dest="loader", choices=["memory", "stream"],
+                   help="decode the data into memory or stream it (default: as the run "
+                        "trained)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="DataLoader workers when streaming (default: the run's)")
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
     p.set_defaults(func=run)
@@ -34,10 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers {args.workers} must be >= 0")
     result = evaluate_checkpoint(args.checkpoint, args.data, out=args.out, split=args.split,
                                  val_split=args.val_split, split_seed=args.split_seed,
                                  batch_size=args.batch_size, device=args.device,
-                                 cache_dir=args.cache_dir)
+                                 cache_dir=args.cache_dir, loader=args.loader,
+                                 workers=args.workers)
     print(format_table(result))
     print(f"wrote {result['files']['json']} and {result['files']['confusion']}")
     return 0

@@ -64,6 +64,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="fraction in (0, 1), or a number of images, held out for validation")
     data.add_argument("--image-size", type=int, metavar="PX")
     data.add_argument("--cache-dir", help="where decoded images are cached")
+    data.add_argument("--data-loader", dest="loader", choices=["auto", "memory", "stream"],
+                      help="decode everything into memory, stream from disk in DataLoader "
+                           "workers, or choose by size (default auto; docs/SCALE.md)")
+    data.add_argument("--workers", type=int, metavar="N",
+                      help="DataLoader workers per process when streaming (default 4)")
+    data.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                      help="normalisation mean (default: the training split's)")
+    data.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                      help="normalisation std (default: the training split's)")
 
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int)
@@ -114,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if getattr(args, f.name, None) is not None}
     if "recipe" in values:  # the recipe first, the options given on top
-        values = {**recipe_values(values["recipe"]), **values}
+        values = recipe_values(values["recipe"], values)
     if "attention" in values and values["attention"].lower() == "none":
         values["attention"] = None
     if "placement" in values:

@@ -37,6 +37,10 @@ class TrainConfig:
     split_seed: int = 0                      # fixed, so every seed sees the same val set
     image_size: int | None = None            # None: the data set's own size
     cache_dir: str | None = None
+    loader: str = "auto"                     # "memory", "stream" or "auto" (docs/SCALE.md)
+    workers: int = 4                         # DataLoader workers per process (streaming)
+    mean: list[float] | None = None          # normalisation; None: the training split's
+    std: list[float] | None = None
 
     # optimisation
     epochs: int = 30
@@ -76,7 +80,7 @@ class TrainConfig:
 # Options that may change when a run is resumed; all others must match the saved run or be
 # left at their defaults (then the saved values are used).
 RESUME_OVERRIDABLE = {"epochs", "out", "resume", "device", "compile", "monitor",
-                      "skip_nonfinite", "tensorboard", "quiet", "precise_bn"}
+                      "skip_nonfinite", "tensorboard", "quiet", "precise_bn", "workers"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,6 +131,7 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"amp_dtype={config.amp_dtype!r}: allowed: bfloat16, float16")
     if isinstance(config.skip_nonfinite, bool) or config.skip_nonfinite < 0:
         raise ValueError(f"skip_nonfinite={config.skip_nonfinite!r}: must be >= 0")
+    _validate_data_options(config)
     resolve_device(config.device)  # raises naming the device when it is not usable here
     if not isinstance(config.attention_kwargs, dict):
         raise ValueError(f"attention_kwargs={config.attention_kwargs!r}: must be a dict")
@@ -147,6 +152,28 @@ def validate_config(config: TrainConfig) -> None:
         known("placement", placement, list_placements())
     known("preset", config.preset, list_presets())
     known("recipe", config.recipe, sorted(RECIPES))
+
+
+def _validate_data_options(config: TrainConfig) -> None:
+    """The options of how the data is read: loader, workers, mean and std."""
+    from ..data.scale import LOADER_KINDS
+
+    if config.loader not in LOADER_KINDS:
+        raise ValueError(f"loader={config.loader!r}{closest(str(config.loader), LOADER_KINDS)}"
+                         f"; allowed: {', '.join(LOADER_KINDS)}")
+    if isinstance(config.workers, bool) or not isinstance(config.workers, int) \
+            or config.workers < 0:
+        raise ValueError(f"workers={config.workers!r}: must be a whole number >= 0")
+    if (config.mean is None) != (config.std is None):
+        raise ValueError("mean and std: give both or neither (then they are computed)")
+    for name in ("mean", "std"):
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3
+                                      and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                              for v in value)):
+            raise ValueError(f"{name}={value!r}: must be 3 numbers (one per RGB channel)")
+    if config.std is not None and min(config.std) <= 0:
+        raise ValueError(f"std={config.std!r}: every value must be > 0")
 
 
 __all__ = ["RESUME_OVERRIDABLE", "NonFiniteLossError", "TrainConfig", "validate_config"]

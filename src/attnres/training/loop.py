@@ -23,17 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import data as datasets
 from .. import models
 from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from ..utils import atomic_write_json
 from . import report
 from .config import NonFiniteLossError, TrainConfig, validate_config
+from .data_setup import check_resumed_data, load_run_data
 from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pick_device,
                           setup_distributed, teardown_distributed, wrap_model)
 from .ema import ema_metrics, make_ema, save_ema
 from .meters import MemoryMeter
-from .normalisation import with_normalisation
 from .bn_recompute import run_precise_bn
 from .recipe import advance_scheduler, make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
@@ -93,6 +92,7 @@ class _Run:
     steps_per_epoch: int
     preprocessing: dict[str, Any]
     channels_last: bool
+    data_record: dict[str, Any]  # the loader kind and data fingerprint (data_setup)
     autocast_dtype: torch.dtype | None  # None: no autocast
     net: nn.Module | None = None    # raw_model, compiled when asked: validation runs on it
     model: nn.Module | None = None  # net, in DDP when distributed: training runs on it
@@ -123,18 +123,20 @@ class _Run:
                 "epoch": epoch, "batch": batch, "partial": partial, "rng": rng_state(),
                 "config": asdict(self.config), "preprocessing": self.preprocessing,
                 "metrics": self.metrics, "nonfinite_steps": self.nonfinite_steps,
-                "world_size": self.ddp.world_size,
+                "world_size": self.ddp.world_size, "data": self.data_record,
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def summary(self, memory: MemoryMeter, *, finished: bool) -> dict[str, Any]:
-        return report.summary(self.config, self.metrics, memory=memory, finished=finished,
-                              params=sum(p.numel() for p in self.raw_model.parameters()),
-                              world_size=self.ddp.world_size,
-                              normalisation=self.preprocessing.get("normalisation"))
+        return {**report.summary(self.config, self.metrics, memory=memory, finished=finished,
+                                 params=sum(p.numel() for p in self.raw_model.parameters()),
+                                 world_size=self.ddp.world_size,
+                                 normalisation=self.preprocessing.get("normalisation")),
+                "data": self.data_record}
 
 
 def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
     run = _prepare(config, ddp, out)
+    config = run.config  # its loader resolved to "memory" or "stream"
     if ckpt is not None:
         _restore(run, ckpt)
     # validation runs on `net`, never through DDP: ranks may hold different numbers of
@@ -186,27 +188,21 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
             torch.use_deterministic_algorithms(True)
     seed_everything(config.seed)
 
-    data = datasets.load_dataset(config.data, val_split=config.val_split,
-                                 seed=config.split_seed, image_size=config.image_size,
-                                 cache_dir=config.cache_dir)
+    run_data = load_run_data(config, ddp, device)  # in memory or streamed (data_setup)
+    config, data = run_data.config, run_data.data
+    train_loader, val_loader = run_data.train_loader, run_data.val_loader
     raw_model = models.build_model(config.arch, attention=config.attention,
                                    placement=config.placement, stages=config.stages,
                                    blocks=config.blocks, preset=config.preset,
                                    num_classes=data.num_classes, pretrained=config.pretrained,
                                    attention_kwargs=dict(config.attention_kwargs) or None)
-    data, preprocessing = with_normalisation(data, config.pretrained, config.arch)
+    preprocessing = run_data.preprocessing  # mean/std: the pretrained weights' or the data's
     # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
     channels_last = config.channels_last and (use_cuda or config.amp)
     raw_model.to(device, memory_format=torch.channels_last if channels_last
                  else torch.preserve_format)
     optimizer = make_optimizer(raw_model, config)
     ema = make_ema(raw_model, config.ema) if config.ema else None
-
-    # on CUDA, batches are cut and augmented on the GPU when the images fit comfortably
-    on_device = use_cuda and data.train.images.numel() + data.val.images.numel() < 2**31
-    train_loader, val_loader = datasets.make_loaders(
-        data, config.batch_size // ddp.world_size, seed=config.seed, rank=ddp.rank,
-        world_size=ddp.world_size, device=device if on_device else None)
     # every rank must take the same number of steps, or DDP's collectives hang
     steps_per_epoch = min_over_ranks(len(train_loader), ddp, device)
     if steps_per_epoch < 1:
@@ -221,12 +217,14 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
         optimizer=optimizer, scheduler=make_scheduler(optimizer, config, steps_per_epoch),
         scaler=scaler, train_loader=train_loader, val_loader=val_loader,
         steps_per_epoch=steps_per_epoch, channels_last=channels_last,
+        data_record=run_data.record,
         autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
         preprocessing=preprocessing)
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     """Continue from `ckpt`: weights, optimizer, schedule, RNG states, metrics so far."""
+    check_resumed_data(run.data_record, ckpt)
     run.raw_model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..attention import iter_attention
+from ..data.scale import IMAGENET_MEAN, IMAGENET_STD
 from ..utils import closest
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -39,16 +40,54 @@ RECIPES: dict[str, dict[str, Any]] = {
         "amp": True,
         "channels_last": True,
     },
+    # ImageNet, torchvision's reference ResNet recipe (pytorch/vision references/
+    # classification: 8 GPUs x 32 = 256 images, lr 0.1, momentum 0.9, wd 1e-4, 90 epochs,
+    # lr x 0.1 at epochs 30, 60 and 80 as in Goyal et al. 2017, who add the 5-epoch linear
+    # warm-up and the lr scaling of LR_REFERENCE_BATCH; label smoothing 0.1 from the newer
+    # IMAGENET1K_V2 recipe). Streamed: RandomResizedCrop on the full-resolution image, as
+    # torchvision does, not on the memory path's 256 px copies. See docs/SCALE.md.
+    "imagenet-resnet": {
+        "arch": "resnet50",
+        "image_size": 224,
+        "epochs": 90,
+        "batch_size": 256,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.1,
+        "schedule": "step",
+        "step_milestones": [1 / 3, 2 / 3, 8 / 9],  # epochs 30, 60, 80 of 90
+        "step_gamma": 0.1,
+        "warmup_epochs": 5.0,
+        "loader": "stream",
+        "workers": 8,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "amp": True,
+        "channels_last": True,
+    },
 }
 
+# Recipes whose lr is given for this global batch: a run with another batch_size (and no lr
+# of its own) gets lr x batch_size / reference, the linear scaling rule of Goyal et al. 2017.
+LR_REFERENCE_BATCH: dict[str, int] = {"imagenet-resnet": 256}
 
-def recipe_values(name: str) -> dict[str, Any]:
-    """The `TrainConfig` values of the recipe `name` (a copy), plus `recipe=name`."""
+
+def recipe_values(name: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `TrainConfig` values of the recipe `name` (a copy) with the options `given` on
+    top, plus `recipe=name`. For a recipe of `LR_REFERENCE_BATCH`, a `batch_size` given
+    without an `lr` scales the recipe's lr linearly with the batch."""
     if name not in RECIPES:
         names = sorted(RECIPES)
         raise ValueError(f"unknown recipe {name!r}{closest(name, names)}; allowed: "
                          f"{', '.join(names)}")
-    return {**RECIPES[name], "recipe": name}
+    given = dict(given or {})
+    values = {**RECIPES[name], **given, "recipe": name}
+    reference = LR_REFERENCE_BATCH.get(name)
+    if reference is not None and "lr" not in given and "batch_size" in given:
+        values["lr"] = RECIPES[name]["lr"] * given["batch_size"] / reference
+    return {key: list(v) if isinstance(v, list) else v for key, v in values.items()}
 
 
 def attention_parameter_names(model: nn.Module) -> set[str]:
@@ -142,5 +181,5 @@ def advance_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         scheduler.step()
 
 
-__all__ = ["RECIPES", "advance_scheduler", "attention_parameter_names", "lr_factor",
+__all__ = ["LR_REFERENCE_BATCH", "RECIPES", "advance_scheduler", "attention_parameter_names", "lr_factor",
            "make_optimizer", "make_scheduler", "param_groups", "recipe_values"]
