@@ -21,8 +21,11 @@ from .meters import MemoryMeter
 
 
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
-            memory: MemoryMeter, world_size: int, finished: bool) -> dict[str, Any]:
-    """The run's `summary.json`: best and last validation accuracy, cost, versions, config."""
+            memory: MemoryMeter, world_size: int, finished: bool,
+            error: str | None = None) -> dict[str, Any]:
+    """The run's `summary.json`: best and last validation accuracy, cost, versions, config;
+    `failed` and `error` (None, or why the run failed: its model or loss stopped being
+    finite)."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
     last_row = metrics[-1] if metrics else None
     train_time = sum(r["epoch_time_s"] for r in metrics)
@@ -41,6 +44,8 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "peak_train_mem_method": memory.method,
         "epochs": len(metrics),
         "finished": finished,
+        "failed": error is not None,
+        "error": error,
         "world_size": world_size,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
         "config": asdict(config),
