@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import check_image_size
 from ..utils import time_interleaved  # re-exported: its callers import it from here
 
 # attnres architecture -> timm architecture with the same blocks (timm puts its `attn_layer`
@@ -166,6 +167,10 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     for name, value in (("batch_size", batch_size), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"{name}={value!r}: must be >= 1")
+    if warmup < 0:
+        raise ValueError(f"warmup={warmup!r}: must be >= 0")
+    if image_size is not None:
+        check_image_size(image_size)
     dev = resolve_device(device)
     if threads is not None:
         if threads < 1:

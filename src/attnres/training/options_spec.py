@@ -19,6 +19,7 @@ from ..utils import MAX_IMAGE_SIZE, closest, resolve_device
 from .run_folder import check_folder_path
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer's factors become float32 scalars
 
 
 def _models() -> list[str]:
@@ -223,10 +224,10 @@ RULES: dict[str, Rule] = {
     "lr": Rule("number", low=0, low_open=True),
     "momentum": Rule("number", **_UNIT),
     "nesterov": Rule("bool"),
-    "weight_decay": Rule("number", low=0),
+    "weight_decay": Rule("number", low=0, high=FLOAT32_MAX),
     "label_smoothing": Rule("number", **_UNIT),
     "schedule": Rule("choice", choices=lambda: ("cosine", "step")),
-    "warmup_epochs": Rule("number", low=0),
+    "warmup_epochs": Rule("number", low=0, high=1e9),  # epochs x steps must stay finite
     "step_milestones": Rule("custom", check=_milestones),
     "step_gamma": Rule("number", low=0, low_open=True),
     "attention_lr_mult": Rule("number", low=0),
@@ -256,6 +257,13 @@ def check_config(config: Any) -> None:
         rule.validate(name, getattr(config, name))
     if config.nesterov and config.momentum == 0:
         raise ValueError("nesterov needs momentum > 0 (got momentum=0)")
+    growth = max(1.0, config.step_gamma) ** len(config.step_milestones) \
+        if config.schedule == "step" else 1.0
+    peak = config.lr * max(1.0, config.attention_lr_mult) * growth
+    if not peak <= FLOAT32_MAX:
+        raise ValueError(f"lr={config.lr!r}: the largest learning rate of the run "
+                         f"(lr x attention_lr_mult x step_gamma at the last milestone = "
+                         f"{peak:g}) is beyond float32 ({FLOAT32_MAX:.3g})")
     if config.resume is not None and config.overwrite:
         raise ValueError("resume and overwrite exclude each other: --resume continues the "
                          "run in the folder, --overwrite replaces it")
@@ -284,4 +292,4 @@ def default_text(name: str, default: Any) -> str:
     return "none" if default is None else str(default)
 
 
-__all__ = ["MAX_SEED", "RULES", "Rule", "check_config", "default_text"]
+__all__ = ["FLOAT32_MAX", "MAX_SEED", "RULES", "Rule", "check_config", "default_text"]
