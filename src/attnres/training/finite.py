@@ -33,8 +33,9 @@ def nonfinite_state(run: Any) -> str:
     names = nonfinite_names(chain(model.named_parameters(), model.named_buffers()))
     if not all_reduce([float(bool(names))], run.ddp, run.device)[0]:
         return ""
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") \
-        if names else "on another process"
+    if not names:
+        return "on another process"
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def check_model(run: Any, where: str) -> None:

@@ -6,11 +6,11 @@ time.
   system allows.
 - `check_new_run`: a folder that holds any file of a run (`RUN_FILES`) is never written by a
   new run, only continued with `resume` or replaced with `overwrite`.
-- `run_lock`: an exclusive `fcntl.flock` on `OUT/.lock` for the life of the run. The lock
-  belongs to the open file, so the kernel drops it when the process ends in any way (even
-  SIGKILL); a second run on the folder fails at once, naming the holder (pid, host, start
-  time, read from the file). A `.lock` left by a killed run is simply taken over, with a
-  warning.
+- `run_lock`: an exclusive `fcntl.flock` on `OUT/.lock` for the life of the run (POSIX
+  systems; elsewhere the file is written but nothing is locked). The lock belongs to the
+  open file, so the kernel drops it when the process ends in any way (even SIGKILL); a
+  second run on the folder fails at once, naming the holder (pid, host, start time, read
+  from the file). A `.lock` left by a killed run is simply taken over, with a warning.
 """
 
 from __future__ import annotations
@@ -118,8 +118,11 @@ def _describe(holder: dict) -> str:
 
 def _acquire(path: Path) -> tuple[int, dict]:
     """An open descriptor holding the lock on `path`, and what a dead holder left in it."""
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: the file says who runs, nothing is locked
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), {}
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)  # again, if a failed run removed it
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
