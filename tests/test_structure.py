@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "attnres"
 
 # Lowest first; a module may import from its own layer and the layers below it.
 LAYERS = [
-    {"utils", "precision"},
+    {"utils", "precision", "interrupts"},
     {"kernels"},  # import nothing from attnres; CBAM(impl="triton") calls them
     {"attention"},
     {"models"},

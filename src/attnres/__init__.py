@@ -10,6 +10,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# the `attnres` command: a signal while torch imports ends it with one line (see interrupts)
+from .interrupts import guard_cli_start
+
+guard_cli_start()
+
 from .attention import create_attention, list_attention
 from .models import add_attention, build_model, insert_attention, list_models, load_pretrained
 from .data import load_dataset

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import pickle
+import struct
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,13 @@ from .utils import atomic_write
 CHECKPOINT_FORMAT = 1
 # a run folder's checkpoint, in the order they are preferred
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
+# what a checkpoint of `attnres train` holds besides the model, and `--resume` needs
+TRAINING_KEYS = {"optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int,
+                 "rng": dict, "config": dict, "metrics": list}
+# what reading a damaged file can raise inside torch.load (zip, pickle and storage layers)
+_READ_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile,
+                IndexError, TypeError, AttributeError, OverflowError, MemoryError,
+                struct.error)
 
 
 class CheckpointError(ValueError):
@@ -64,7 +74,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"{path}: refused to load: it holds Python objects other than tensors and "
                 f"plain data, which could run code (torch.load weights_only=True)") from e
         raise CheckpointError(f"{path}: corrupt or not a checkpoint ({e})") from e
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except _READ_ERRORS as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({reason})") from e
     if not isinstance(obj, dict):
@@ -85,23 +95,135 @@ def checkpoint_file(path: str | Path, names: tuple[str, ...] = RUN_CHECKPOINTS) 
     return path
 
 
+def nonfinite_names(tensors: Iterable[tuple[str, Any]]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity (one device sync)."""
+    named = [(name, t) for name, t in tensors
+             if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+             and t.device.type != "meta"]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_preprocessing(file: Path, prep: Any) -> None:
+    if not isinstance(prep, dict):
+        raise CheckpointError(f"{file}: 'preprocessing' is a {type(prep).__name__}, not a dict")
+    for key in ("mean", "std"):
+        value = prep.get(key)
+        if value is not None and not (
+                isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (key == "mean" or v > 0) for v in value)):
+            raise CheckpointError(f"{file}: preprocessing {key}={value!r} is not 3 finite "
+                                  f"numbers{' > 0' if key == 'std' else ''}")
+    size = prep.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise CheckpointError(f"{file}: preprocessing image_size={size!r} is not a positive "
+                              f"integer")
+    classes = prep.get("classes")
+    if classes is not None and not (isinstance(classes, (list, tuple))
+                                    and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{file}: preprocessing classes is not a list of names")
+
+
+def _check_structure(file: Path, ckpt: dict, training: bool) -> None:
+    """The keys and types a checkpoint needs, before anything is built from it."""
+    weights, build_args = ckpt.get("model"), ckpt.get("build_args")
+    if not isinstance(weights, dict) or not isinstance(build_args, dict):
+        have = ", ".join(sorted(map(str, ckpt))[:6]) or "nothing"
+        raise CheckpointError(f"{file}: not an attnres training checkpoint: it needs a 'model' "
+                              f"state dict and 'build_args' (it holds {have}); load plain "
+                              f"state dicts with attnres.load_pretrained")
+    if not isinstance(build_args.get("arch"), str):
+        raise CheckpointError(f"{file}: its build_args name no architecture ('arch')")
+    bad = [str(k) for k, v in weights.items()
+           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{file}: its model weights hold entries that are not tensors: "
+                              f"{_listed(bad)}")
+    if training:
+        missing = [key for key in TRAINING_KEYS if key not in ckpt]
+        if missing:
+            raise CheckpointError(f"{file}: not a checkpoint `attnres train` can continue: it "
+                                  f"lacks {', '.join(missing)}; --resume needs the last.pt "
+                                  f"of a run")
+        wrong = [f"{key} ({type(ckpt[key]).__name__})" for key, kind in TRAINING_KEYS.items()
+                 if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool)]
+        if wrong:
+            raise CheckpointError(f"{file}: training state of the wrong type: "
+                                  f"{', '.join(wrong)}")
+    if "config" in ckpt and ckpt["config"] is not None and not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{file}: 'config' is a {type(ckpt['config']).__name__}, not a "
+                              f"dict")
+    if "preprocessing" in ckpt:
+        _check_preprocessing(file, ckpt["preprocessing"])
+
+
+def _build(file: Path, build_args: dict, device: str | torch.device) -> nn.Module:
+    """The model `build_args` describe, on `device` (weights not loaded, never downloaded)."""
+    from .models import build_model
+
+    args = dict(build_args)
+    args["pretrained"] = None  # the checkpoint holds the weights; never download
+    try:
+        with torch.device(device):
+            return build_model(args.pop("arch"), **args)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{file}: its build_args do not describe a model "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+
+
+def check_checkpoint(ckpt: dict[str, Any], file: str | Path, *, training: bool = False,
+                     device: str | torch.device = "meta") -> nn.Module:
+    """Check that `ckpt` (read from `file`) is usable before anything uses it: its keys and
+    their types (with `training`, all that `--resume` needs too), then its weights against
+    the model its `build_args` describe (missing, unexpected or mis-shaped keys, weights
+    that are not finite). Raises CheckpointError naming the file and the first bad keys;
+    returns that model, built on `device` ("meta": no memory), weights not loaded."""
+    file = Path(file)
+    _check_structure(file, ckpt, training)
+    model = _build(file, ckpt["build_args"], device)
+    expected, weights = model.state_dict(), ckpt["model"]
+    problems = []
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} {tuple(weights[k].shape)} instead of {tuple(v.shape)}"
+              for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    kinds = [k for k, v in expected.items() if k in weights and not weights[k].is_complex()
+             and weights[k].is_floating_point() != v.is_floating_point()]
+    for label, names in (("missing", missing), ("unexpected", unexpected),
+                         ("wrong shape", shapes), ("wrong dtype", kinds)):
+        if names:
+            problems.append(f"{label}: {_listed(names)}")
+    if problems:
+        raise CheckpointError(f"{file}: its weights do not fit the {ckpt['build_args']['arch']} "
+                              f"its build_args describe ({'; '.join(problems)})")
+    bad = nonfinite_names(weights.items())
+    if bad:
+        raise CheckpointError(f"{file}: its weights are not finite (NaN or inf) in "
+                              f"{_listed(bad)}")
+    return model
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained model from a checkpoint (or a run folder: its best.pt) alone.
 
     The architecture, attention and placement come from the checkpoint's `build_args`; the
     model is returned in eval mode with `model.preprocessing = {"mean", "std",
     "image_size", "classes"}` describing the inputs it expects, `(B, 3, S, S)` normalised.
+    The checkpoint is checked first (`check_checkpoint`): a damaged one raises
+    CheckpointError naming the file and what is wrong with it.
     """
-    from .models import build_model
-
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file, map_location=map_location)
-    if "model" not in ckpt or "build_args" not in ckpt:
-        raise CheckpointError(f"{file}: not an attnres training checkpoint (no model/build_args"
-                              f"); load plain state dicts with attnres.load_pretrained")
-    build_args = dict(ckpt["build_args"])
-    build_args["pretrained"] = None  # the checkpoint holds the weights; never download
-    model = build_model(build_args.pop("arch"), **build_args)
+    model = check_checkpoint(ckpt, file, device="cpu")
     model.load_state_dict(ckpt["model"])
     model.to(map_location)
     model.eval()
@@ -112,7 +234,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The training options (`TrainConfig` as a dict) stored in a checkpoint or a run
     folder's checkpoint; {} for a checkpoint that stores none."""
-    return dict(load_checkpoint(checkpoint_file(path)).get("config") or {})
+    file = checkpoint_file(path)
+    config = load_checkpoint(file).get("config") or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file}: 'config' is a {type(config).__name__}, not a dict")
+    return dict(config)
 
 
 def read_summary(run: str | Path) -> dict[str, Any] | None:
@@ -145,6 +271,7 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["CHECKPOINT_FORMAT", "RUN_CHECKPOINTS", "CheckpointError", "checkpoint_file",
-           "load_checkpoint", "load_model", "read_checkpoint_config", "read_metrics",
+__all__ = ["CHECKPOINT_FORMAT", "RUN_CHECKPOINTS", "TRAINING_KEYS", "CheckpointError",
+           "check_checkpoint", "checkpoint_file", "load_checkpoint", "load_model",
+           "nonfinite_names", "read_checkpoint_config", "read_metrics",
            "read_summary", "save_checkpoint"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import checkpoint_file, load_checkpoint, load_model
+from .checkpoint import checkpoint_file, load_checkpoint, load_model, read_checkpoint_config
 from .data import NAMED_DATASETS, BatchLoader, ImageData, StreamLoader, load_dataset, open_stream
 from .utils import atomic_write, atomic_write_json, resolve_device
 
@@ -157,8 +157,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
         raise ValueError(f"split {split!r} is not one of: train, val")
     device = resolve_device(device)
     file = checkpoint_file(checkpoint)  # a run folder: its best checkpoint, else its last
-    config = dict(load_checkpoint(file).get("config") or {})
-    model = load_model(file, map_location=device)
+    model = load_model(file, map_location=device)  # checks the checkpoint first
+    config = read_checkpoint_config(file)
     prep = dict(getattr(model, "preprocessing", {}) or {})
     if not {"mean", "std", "image_size"} <= set(prep):
         raise ValueError(f"checkpoint {str(file)!r} holds no preprocessing (mean, std, "

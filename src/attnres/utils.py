@@ -19,6 +19,11 @@ from typing import Any
 
 Writer = Callable[[io.BufferedWriter], None]
 
+# The largest image side any command takes. At 4096 px one image's first feature map in a
+# ResNet (64 channels at half the side, float32) is already 1 GiB, and a forward pass keeps
+# tens of such maps; no network here runs on larger inputs in the memory of one machine.
+MAX_IMAGE_SIZE = 4096
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -83,6 +88,15 @@ def closest(name: object, choices: Sequence[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def check_image_size(value: Any, name: str = "image_size", *, low: int = 1) -> None:
+    """ValueError unless `value` is a whole number of pixels in [low, MAX_IMAGE_SIZE]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= \
+            MAX_IMAGE_SIZE:
+        raise ValueError(f"{name}={value!r}: must be a whole number of pixels in [{low}, "
+                         f"{MAX_IMAGE_SIZE}] (at {MAX_IMAGE_SIZE} px one feature map of a "
+                         f"ResNet is already 1 GiB per image)")
+
+
 def resolve_device(device: Any = "auto") -> Any:
     """`device` ("auto", "cpu", "cuda", "cuda:N" or a torch.device) as a torch.device.
 
@@ -141,5 +155,5 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-__all__ = ["atomic_write", "atomic_write_json", "closest", "resolve_device",
-           "time_interleaved"]
+__all__ = ["MAX_IMAGE_SIZE", "atomic_write", "atomic_write_json", "check_image_size", "closest",
+           "resolve_device", "time_interleaved"]

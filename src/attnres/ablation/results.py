@@ -24,7 +24,7 @@ from typing import Any
 from ..utils import atomic_write, atomic_write_json
 
 # Fields that do not change what is learned: the seed (one per run) and how a run executes.
-RUN_FIELDS = frozenset({"seed", "out", "resume", "device", "compile", "monitor",
+RUN_FIELDS = frozenset({"seed", "out", "resume", "overwrite", "device", "compile", "monitor",
                         "skip_nonfinite", "tensorboard", "quiet", "cache_dir",
                         "channels_last", "deterministic", "workers"})
 # Compared as the placement they resolve to (see `placement_plan`).

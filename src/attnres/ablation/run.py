@@ -126,6 +126,8 @@ def _train_missing(plans: list[tuple[str, dict[str, Any], dict[str, Any]]],
             kwargs: dict[str, Any] = {**explicit[name], "seed": seed, "out": str(run_dir)}
             if (run_dir / "last.pt").is_file():
                 kwargs["resume"] = str(run_dir)
+            else:  # the grid's own folder; a run killed before its first checkpoint
+                kwargs["overwrite"] = True
             log(f"{tag}: {'resuming' if 'resume' in kwargs else 'training'}")
             summary = trainer.train(trainer.TrainConfig(**kwargs))
             if not summary.get("finished"):

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..precision import AmpChoice, autocast_context, cpu_bf16_flags, cpu_model, resolve_amp
-from ..utils import CLOCKS, atomic_write_json, resolve_device, time_interleaved  # re-exported
+from ..utils import (CLOCKS, atomic_write_json, check_image_size, resolve_device,
+                     time_interleaved)  # time_interleaved: re-exported
 
 MODES = ("infer", "train")
 # attnres architecture -> timm architecture with the same blocks (timm puts its `attn_layer`
@@ -222,6 +223,10 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     bad = [c for c in compare if c != "timm"]
     if bad:
         raise ValueError(f"compare={bad[0]!r}: allowed timm")
+    if warmup < 0:
+        raise ValueError(f"warmup={warmup!r}: must be >= 0")
+    if image_size is not None:
+        check_image_size(image_size)
     dev = _check_common(mode, repeats, [batch_size], clock, device, threads)
     choice = resolve_amp(amp, dev)
     image_size = image_size or default_image_size(arch)

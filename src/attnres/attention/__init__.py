@@ -21,6 +21,7 @@ from .selective_kernel import SKConv
 from .split_attn import SplitAttnConv2d
 from ..utils import closest
 from .squeeze_excite import SqueezeExcite
+from .kwargs import check_attention_kwargs
 from .registry import (AttentionSpec, attention_spec, find_attention_spec, iter_attention,
                        iter_gates, list_attention, register_attention)
 
@@ -78,7 +79,8 @@ __all__ = [
     "ATTENTION", "BAM", "BamGate", "CBAM", "ChannelGate", "CoordinateAttention", "EcaGate",
     "EfficientChannelAttention", "SKConv", "SafeBatchNorm2d", "SpatialGate", "SplitAttnConv2d",
     "SqueezeExcite",
-    "AttentionSpec", "attention_class", "attention_spec", "check_feature_map", "closest",
+    "AttentionSpec", "attention_class", "attention_spec", "check_attention_kwargs",
+    "check_feature_map", "closest",
     "create_attention", "find_attention_spec", "iter_attention", "iter_gates",
     "list_attention", "name_attention_modules", "register_attention",
 ]

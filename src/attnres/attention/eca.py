@@ -30,6 +30,10 @@ class EcaGate(nn.Module):
                  kernel_size: int | None = None, impl: str = "fast") -> None:
         super().__init__()
         self.impl = check_impl(impl)
+        if kernel_size is not None and (isinstance(kernel_size, bool) or kernel_size < 1
+                                        or kernel_size % 2 == 0):
+            raise ValueError(f"kernel_size={kernel_size!r}: must be odd, so the channel "
+                             f"convolution keeps C (or None: the paper's adaptive size)")
         k = kernel_size or eca_kernel_size(channels, gamma, b)
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 

@@ -2,6 +2,8 @@
 
 Each command lives in `attnres/cli/<command>.py` with `add_parser(subparsers)`, which
 registers the sub-command and sets `func` to a function taking the parsed arguments.
+`main` turns SIGINT / SIGTERM into exceptions for its whole run and every expected failure
+into one line and an exit status (`cli.errors`); the commands handle none themselves.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ import importlib
 import re
 import sys
 
-from ..attention import closest
+from ..interrupts import raising_signals
+from ..utils import closest
+from .errors import UsageError, run_command
 
 COMMANDS = ["models", "train", "eval", "predict", "ablate", "report", "demo", "explain",
             "bench", "profile", "export"]
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,17 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"attnres {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"attnres {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+    """Run one command; its exit status: 0, 2 for a one-line error (see `cli.errors`), 130
+    after SIGINT, 143 after SIGTERM."""
+    with raising_signals():
+        argv = sys.argv[1:] if argv is None else list(argv)
+        command = next((a for a in argv if a in COMMANDS), None)
+        prog = f"attnres {command}" if command else "attnres"
+
+        def dispatch() -> int | None:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+
+        return run_command(prog, dispatch)
+
+
+__all__ = ["COMMANDS", "Parser", "UsageError", "build_parser", "main"]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..training.options_spec import default_text
+from .help import show_defaults
+
 HELP = "evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix"
 
 
@@ -32,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
     p.set_defaults(func=run)
+    show_defaults(p, {"cache_dir": default_text("cache_dir", None)})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
+from .help import show_train_defaults
 from .options import parse_key_values
 
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
@@ -39,7 +39,7 @@ def parse_blocks(items: list[str], arch: str) -> dict[str, list[bool]]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     description = (f"{HELP[0].upper()}{HELP[1:]}. Options left out take the values of "
-                   f"--recipe, else the defaults (see attnres.TrainConfig).")
+                   f"--recipe, else the defaults shown (those of attnres.TrainConfig).")
     p = subparsers.add_parser("train", help=HELP, description=description)
     p.add_argument("--recipe", metavar="NAME",
                    help="start from a named recipe (e.g. cifar-fast, see "
@@ -106,6 +106,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", metavar="DIR", help="run folder (default runs/ARCH-ATTN-sSEED)")
     run.add_argument("--resume", metavar="RUN",
                      help="continue the run in this folder (or from this checkpoint)")
+    run.add_argument("--overwrite", action="store_true", default=None,
+                     help="replace the run already in --out (its checkpoints, metrics and "
+                          "summary); without it such a folder is refused")
     run.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=None,
                      help="log attention statistics per epoch and warn on saturation")
     run.add_argument("--skip-nonfinite", type=int, metavar="N",
@@ -114,16 +117,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", action="store_true", default=None,
                      help="no progress bar or per-epoch lines")
     p.set_defaults(func=run_train)
+    show_train_defaults(p)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The `TrainConfig` the options ask for (options left out keep the defaults)."""
+def _given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The options on the command line (every train option defaults to None), with the
+    values of --recipe under them."""
     from attnres.training import TrainConfig, recipe_values
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if getattr(args, f.name, None) is not None}
     if "recipe" in values:  # the recipe first, the options given on top
         values = recipe_values(values["recipe"], values)
+    return values
+
+
+def options_given(args: argparse.Namespace) -> set[str]:
+    """The `TrainConfig` fields the command line set (a recipe sets its fields): a resumed
+    run refuses any of them that differs from the saved run, defaults included."""
+    return set(_given_values(args))
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The `TrainConfig` the options ask for (options left out keep the defaults)."""
+    from attnres.training import TrainConfig
+
+    values = _given_values(args)
     if "attention" in values and values["attention"].lower() == "none":
         values["attention"] = None
     if "placement" in values:
@@ -142,11 +161,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from attnres.training import NonFiniteLossError, train
+    from attnres.training import train
 
-    try:
-        train(config_from_args(args))
-    except NonFiniteLossError as e:
-        print(f"attnres train: error: {e}", file=sys.stderr)
-        return 1
+    train(config_from_args(args), given=options_given(args))
     return 0

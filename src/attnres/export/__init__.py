@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils import closest
+from ..utils import check_image_size, closest
 from .compare import _loader, _with_ratios, compare_on_data, format_report
 from .fusion import (GlobalAvgPool, find_bn_pairs, fold_bn, fuse, prepare_for_inference,
                      reference_attention)
@@ -95,6 +95,18 @@ def _export_int8(model: nn.Module, out: str | Path, data: Any, runners: dict[str
     return report
 
 
+def _check_counts(*, image_size: int | None, calibration_images: int, val_images: int | None,
+                  batch_size: int) -> None:
+    """One-line ValueErrors for the numeric options of `export_model`, before any work."""
+    if image_size is not None:
+        check_image_size(image_size)
+    for name, value in (("calibration_images", calibration_images),
+                        ("val_images", val_images), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name}={value!r}: must be a positive integer (images)")
+
+
 def export_model(model_or_checkpoint: nn.Module | str | Path, format: str, out: str | Path, *,
                  data: Any = None, opset: int | None = None, dynamic: bool = True,
                  exporter: str = "dynamo", image_size: int | None = None,
@@ -113,6 +125,8 @@ def export_model(model_or_checkpoint: nn.Module | str | Path, format: str, out: 
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}{closest(format, list(FORMATS))}; "
                          f"allowed: {', '.join(FORMATS)}")
+    _check_counts(image_size=image_size, calibration_images=calibration_images,
+                  val_images=val_images, batch_size=batch_size)
     if format == "int8" and data is None:
         raise ValueError("format 'int8' needs data: calibration and validation images "
                          "(e.g. data='cifar10' or a folder / archive path)")

@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from ..attention import attention_class, closest, list_attention, name_attention_modules
+from ..attention import (attention_class, check_attention_kwargs, closest, list_attention,
+                         name_attention_modules)
 from .add import add_attention
 from .info import ModelInfo
 from .insert import insert_attention, wrap_identity
@@ -81,6 +82,8 @@ def build_model(arch: str, *, attention: str | None = None,
     plan = resolve_plan(spec.layers, placement, stages, blocks, preset)
     if attention is not None:
         attention_class(attention)  # unknown names fail before the network is built
+        if isinstance(attention, str):  # and unknown or wrong-typed options
+            check_attention_kwargs(attention, attention_kwargs)
     elif attention_kwargs:
         raise ValueError(f"attention_kwargs={dict(attention_kwargs)!r} given without attention;"
                          f" choose one of {', '.join(list_attention())}")

@@ -1,6 +1,10 @@
 """Training: `TrainConfig` (the options), `train()` (the loop), named recipes, DDP.
 
-    config.py       TrainConfig, validate_config, RESUME_OVERRIDABLE, NonFiniteLossError
+    config.py       TrainConfig, validate_config, RESUME_OVERRIDABLE, NonFiniteLossError,
+                    NonFiniteModelError
+    options_spec.py the rule of every TrainConfig field (RULES), checked at the door
+    run_folder.py   the run folder's lock, the overwrite rule, path checks
+    finite.py       whether a model's weights and buffers are finite
     recipe.py       parameter groups, the learning-rate schedule, RECIPES
     loop.py         train(): prepare, restore, then epochs of steps, validation, saving
     distributed.py  process group, all-reduce, batch-norm buffer averaging
@@ -17,12 +21,14 @@ Checkpoint files and run folders are read and written by `attnres.checkpoint`.
 
 from __future__ import annotations
 
-from .config import RESUME_OVERRIDABLE, NonFiniteLossError, TrainConfig, validate_config
+from .config import (RESUME_OVERRIDABLE, NonFiniteLossError, NonFiniteModelError, TrainConfig,
+                     validate_config)
 from .loop import train
 from .normalisation import normalisation_for
 from .recipe import (RECIPES, attention_parameter_names, lr_factor, param_groups,
                      recipe_values)
+from .run_folder import RunLockedError
 
-__all__ = ["RECIPES", "RESUME_OVERRIDABLE", "NonFiniteLossError", "TrainConfig",
-           "attention_parameter_names", "lr_factor", "normalisation_for", "param_groups",
-           "recipe_values", "train", "validate_config"]
+__all__ = ["RECIPES", "RESUME_OVERRIDABLE", "NonFiniteLossError", "NonFiniteModelError",
+           "RunLockedError", "TrainConfig", "attention_parameter_names", "lr_factor",
+           "normalisation_for", "param_groups", "recipe_values", "train", "validate_config"]

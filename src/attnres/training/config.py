@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils import closest, resolve_device
+from ..utils import closest
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainConfig:
     deterministic: bool = False              # CUDA: deterministic kernels (slower)
     out: str | None = None                   # None: runs/<arch>-<attention>-s<seed>
     resume: str | None = None                # a run folder or a checkpoint file
+    overwrite: bool = False                  # a new run may replace the run in `out`
     monitor: bool = False                    # log attention statistics per epoch
     skip_nonfinite: int = 0                  # tolerate this many non-finite-loss steps
     tensorboard: bool = True
@@ -79,7 +80,7 @@ class TrainConfig:
 
 # Options that may change when a run is resumed; all others must match the saved run or be
 # left at their defaults (then the saved values are used).
-RESUME_OVERRIDABLE = {"epochs", "out", "resume", "device", "compile", "monitor",
+RESUME_OVERRIDABLE = {"epochs", "out", "resume", "overwrite", "device", "compile", "monitor",
                       "skip_nonfinite", "tensorboard", "quiet", "precise_bn", "workers"}
 
 
@@ -87,71 +88,19 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite more often than `skip_nonfinite` allows."""
 
 
+class NonFiniteModelError(NonFiniteLossError):
+    """The model's weights or buffers (or its validation loss) stopped being finite: the run
+    fails, keeping the last checkpoint whose model was finite."""
+
+
 def validate_config(config: TrainConfig) -> None:
-    """Raise ValueError naming the first bad option of `config`."""
-    def positive_int(name: str) -> None:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
+    """Raise ValueError naming the first bad option of `config` (FileNotFoundError for
+    data that is neither a known name nor a path), by the rules of
+    `attnres.training.options_spec.RULES`; nothing is loaded or built."""
+    from .options_spec import check_config
 
-    positive_int("epochs")
-    positive_int("batch_size")
-    if not (isinstance(config.lr, (int, float)) and config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError(f"lr={config.lr!r}: must be a positive number")
-    for name in ("momentum", "label_smoothing"):
-        value = getattr(config, name)
-        if not 0 <= value < 1:
-            raise ValueError(f"{name}={value!r}: must be in [0, 1)")
-    if config.nesterov and config.momentum == 0:
-        raise ValueError("nesterov needs momentum > 0 (got momentum=0)")
-    if config.weight_decay < 0:
-        raise ValueError(f"weight_decay={config.weight_decay!r}: must be >= 0")
-    if config.attention_lr_mult < 0:
-        raise ValueError(f"attention_lr_mult={config.attention_lr_mult!r}: must be >= 0")
-    if isinstance(config.ema, bool) or not (config.ema == 0 or 0 < config.ema < 1):
-        raise ValueError(f"ema={config.ema!r}: must be a decay in (0, 1), e.g. 0.999, or 0 "
-                         f"(off)")
-    if isinstance(config.precise_bn, bool) or not isinstance(config.precise_bn, int) \
-            or config.precise_bn < 0:
-        raise ValueError(f"precise_bn={config.precise_bn!r}: must be a number of batches >= 0")
-    if config.warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs={config.warmup_epochs!r}: must be >= 0")
-    if config.schedule not in ("cosine", "step"):
-        raise ValueError(f"schedule={config.schedule!r}: allowed: cosine, step")
-    if any(not 0 < m < 1 for m in config.step_milestones):
-        raise ValueError(f"step_milestones={config.step_milestones!r}: fractions in (0, 1)")
-    if config.val_split is not None and not (0 < config.val_split < 1 or (
-            isinstance(config.val_split, int) and config.val_split >= 1)):
-        raise ValueError(f"val_split={config.val_split!r}: must be a fraction in (0, 1) or a "
-                         f"whole number of images")
-    if config.image_size is not None and (not isinstance(config.image_size, int)
-                                          or config.image_size < 1):
-        raise ValueError(f"image_size={config.image_size!r}: must be a positive integer")
-    if config.amp_dtype not in ("bfloat16", "float16"):
-        raise ValueError(f"amp_dtype={config.amp_dtype!r}: allowed: bfloat16, float16")
-    if isinstance(config.skip_nonfinite, bool) or config.skip_nonfinite < 0:
-        raise ValueError(f"skip_nonfinite={config.skip_nonfinite!r}: must be >= 0")
+    check_config(config)
     _validate_data_options(config)
-    resolve_device(config.device)  # raises naming the device when it is not usable here
-    if not isinstance(config.attention_kwargs, dict):
-        raise ValueError(f"attention_kwargs={config.attention_kwargs!r}: must be a dict")
-
-    from ..attention import list_attention
-    from ..models import list_models, list_placements, list_presets
-    from .recipe import RECIPES
-
-    def known(name: str, value: str | None, allowed: list[str]) -> None:
-        if value is not None and value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}{closest(value, allowed)}; "
-                             f"allowed: {', '.join(allowed)}")
-
-    known("architecture", config.arch, list_models())
-    known("attention", config.attention, list_attention())
-    placements = [config.placement] if isinstance(config.placement, str) else config.placement
-    for placement in placements:
-        known("placement", placement, list_placements())
-    known("preset", config.preset, list_presets())
-    known("recipe", config.recipe, sorted(RECIPES))
 
 
 def _validate_data_options(config: TrainConfig) -> None:
@@ -176,4 +125,5 @@ def _validate_data_options(config: TrainConfig) -> None:
         raise ValueError(f"std={config.std!r}: every value must be > 0")
 
 
-__all__ = ["RESUME_OVERRIDABLE", "NonFiniteLossError", "TrainConfig", "validate_config"]
+__all__ = ["RESUME_OVERRIDABLE", "NonFiniteLossError", "NonFiniteModelError", "TrainConfig",
+           "validate_config"]

@@ -14,6 +14,8 @@ import dataclasses
 import math
 import os
 import time
+import warnings
+from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from torch import nn
 from .. import models
 from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from ..utils import atomic_write_json
-from . import report
+from . import finite, report
 from .config import NonFiniteLossError, TrainConfig, validate_config
 from .data_setup import check_resumed_data, load_run_data
 from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pick_device,
@@ -36,30 +38,32 @@ from .meters import MemoryMeter
 from .bn_recompute import run_precise_bn
 from .recipe import advance_scheduler, make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
+from .run_folder import claim_run_folder
 from .signals import StopRequest
 from .validation import to_device, validate
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, *, given: Collection[str] | None = None) -> dict[str, Any]:
     """Train a model as `config` says; return the summary (also written to summary.json).
 
-    Raises ValueError for bad options, NonFiniteLossError when the loss stops being finite
-    (the last good checkpoint is kept), and KeyboardInterrupt after saving `last.pt` on
-    SIGINT or SIGTERM.
+    Raises ValueError for bad options (checked before anything is loaded) or an `out` that
+    holds a run (without `resume` / `overwrite`), RunLockedError when another run holds
+    `out`, NonFiniteLossError / NonFiniteModelError when the loss or the model stops being
+    finite (the last finite checkpoint is kept; summary.json says failed), `Interrupted`
+    after saving `last.pt` on SIGINT / SIGTERM. `given`: see `resolve_resume`.
     """
-    config, ckpt = resolve_resume(config)
     validate_config(config)
+    config, ckpt = resolve_resume(config, given)
     if config.out is None:
         config = dataclasses.replace(config, out=default_out(config))
+    validate_config(config)  # the saved run's options and the default folder, too
     out = Path(config.out)
-    if ckpt is None and (out / "last.pt").exists():
-        raise ValueError(f"out={config.out!r} already holds a run (last.pt); pass "
-                         f"--resume {config.out} to continue it, or choose another --out")
-    ddp = setup_distributed(config.device)
-    try:
-        return _run(config, ckpt, ddp, out)
-    finally:
-        teardown_distributed(ddp)
+    with claim_run_folder(out, new_run=ckpt is None, overwrite=config.overwrite):
+        ddp = setup_distributed(config.device)
+        try:
+            return _run(config, ckpt, ddp, out)
+        finally:
+            teardown_distributed(ddp)
 
 
 @dataclass
@@ -126,10 +130,11 @@ class _Run:
                 "world_size": self.ddp.world_size, "data": self.data_record,
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
-    def summary(self, memory: MemoryMeter, *, finished: bool) -> dict[str, Any]:
+    def summary(self, memory: MemoryMeter, *, finished: bool,
+                error: str | None = None) -> dict[str, Any]:
         return {**report.summary(self.config, self.metrics, memory=memory, finished=finished,
                                  params=sum(p.numel() for p in self.raw_model.parameters()),
-                                 world_size=self.ddp.world_size,
+                                 world_size=self.ddp.world_size, error=error,
                                  normalisation=self.preprocessing.get("normalisation")),
                 "data": self.data_record}
 
@@ -155,7 +160,12 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[s
     memory.start()
     with StopRequest() as stop:
         for epoch in range(run.start_epoch, config.epochs):
-            row = _epoch(run, epoch, stop, memory)
+            try:
+                row = _epoch(run, epoch, stop, memory)
+                finite.check_epoch(run, row)  # a non-finite model is never saved
+            except NonFiniteLossError as e:
+                finite.write_failed_summary(run, memory, e)
+                raise
             run.metrics.append(row)
             improved = row["val_top1"] > best
             best = max(best, row["val_top1"])
@@ -164,7 +174,7 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[s
             if all_reduce([float(stop.requested)], ddp, run.device)[0]:  # every rank stops
                 run.log(f"interrupted: saved {out / 'last.pt'} (end of epoch {epoch + 1}); "
                         f"continue with --resume {out}")
-                raise KeyboardInterrupt
+                raise stop.interrupted()
     if run.writer is not None:
         run.writer.close()
     summary = run.summary(memory, finished=len(run.metrics) >= config.epochs)
@@ -295,7 +305,7 @@ def _train_epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) 
             if stop_asked and step + 1 < run.steps_per_epoch:
                 bar.close()
                 _save_interrupted(run, memory, epoch, step + 1, sums)
-                raise KeyboardInterrupt
+                raise stop.interrupted()
     finally:
         bar.close()
     return sums
@@ -337,11 +347,9 @@ def _skip_update(run: _Run, loss_value: float, epoch: int, step: int) -> None:
     where = (f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1} (global "
              f"step {epoch * run.steps_per_epoch + step + 1})")
     if run.nonfinite_steps > run.config.skip_nonfinite:
-        last = run.out / "last.pt"
-        kept = (f"; last good checkpoint: {last}" if last.exists()
-                else "; no checkpoint was saved before it")
-        raise NonFiniteLossError(f"{where}{kept}; lower --lr, or pass --skip-nonfinite N to "
-                                 f"skip up to N such steps")
+        raise NonFiniteLossError(f"{where}{finite.kept_checkpoint(run.out)}; lower --lr, or "
+                                 f"pass --skip-nonfinite N to skip up to N such steps")
+    finite.check_model(run, where)  # broken weights: every later step would be skipped
     run.log(f"warning: {where}: update skipped ({run.nonfinite_steps}/"
             f"{run.config.skip_nonfinite} allowed)")
     run.optimizer.zero_grad(set_to_none=True)

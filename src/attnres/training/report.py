@@ -22,9 +22,10 @@ from .meters import MemoryMeter
 
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
             memory: MemoryMeter, world_size: int, finished: bool,
-            normalisation: str | None = None) -> dict[str, Any]:
+            normalisation: str | None = None, error: str | None = None) -> dict[str, Any]:
     """The run's `summary.json`: best and last validation accuracy, cost, versions, config;
-    `normalisation` says where the input mean/std came from."""
+    `normalisation` says where the input mean/std came from; `failed` and `error` (None, or
+    why the run failed: its model or loss stopped being finite)."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
     last_row = metrics[-1] if metrics else None
     train_time = sum(r["epoch_time_s"] for r in metrics)
@@ -44,6 +45,8 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "peak_train_mem_method": memory.method,
         "epochs": len(metrics),
         "finished": finished,
+        "failed": error is not None,
+        "error": error,
         "world_size": world_size,
         "normalisation": normalisation,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},

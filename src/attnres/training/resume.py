@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import checkpoint_file, load_checkpoint
+from ..checkpoint import CheckpointError, check_checkpoint, checkpoint_file, load_checkpoint
 from .config import RESUME_OVERRIDABLE, TrainConfig
+from .run_folder import run_files
 
 
 def seed_everything(seed: int) -> None:
@@ -50,12 +53,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def resolve_resume(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
+def resolve_resume(config: TrainConfig, given: Collection[str] | None = None
+                   ) -> tuple[TrainConfig, dict | None]:
     """The config to run with and the checkpoint to continue from (None for a new run).
 
-    A run folder continues from its last.pt. Options in `RESUME_OVERRIDABLE` may change;
-    any other option must equal the saved run's or be left at its default, and then the
-    saved value is used (so `--resume RUN` alone continues the run as it was).
+    A run folder continues from its last.pt, which is checked first (`check_checkpoint`).
+    Options in `RESUME_OVERRIDABLE` may change. Every other option that was *given* must
+    equal the saved run's value, or the resume is refused naming both values; options not
+    given take the saved values (so `--resume RUN` alone continues the run as it was).
+    `given` names the options given (the CLI passes the ones on its command line, so
+    `--lr 0.1` counts even when 0.1 is the default); None means the fields that differ from
+    `TrainConfig`'s defaults, as a dataclass cannot tell a default left alone from one
+    passed on purpose.
     """
     if config.resume is None:
         return config, None
@@ -63,19 +72,30 @@ def resolve_resume(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
         file = checkpoint_file(config.resume, names=("last.pt",))
         ckpt = load_checkpoint(file)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"resume={config.resume!r}: {e}") from None
+        hint = ("; it holds no checkpoint yet: start it again with --overwrite"
+                if Path(config.resume).is_dir() and run_files(Path(config.resume)) else "")
+        raise FileNotFoundError(f"resume={config.resume!r}: {e}{hint}") from None
+    check_checkpoint(ckpt, file, training=True)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(ckpt["config"]) - known)
+    if unknown:
+        raise CheckpointError(f"{file}: its config has options this version does not know: "
+                              f"{', '.join(unknown)}")
     saved = TrainConfig(**ckpt["config"])
     defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        given, before = getattr(config, f.name), getattr(saved, f.name)
-        if f.name in RESUME_OVERRIDABLE or given == before:
-            continue
-        if given != getattr(defaults, f.name):
-            raise ValueError(f"cannot change {f.name} when resuming (run has {before!r}, "
-                             f"given {given!r}); start a new run with another --out instead")
+    if given is None:
+        given = {f.name for f in dataclasses.fields(TrainConfig)
+                 if getattr(config, f.name) != getattr(defaults, f.name)}
+    for name in sorted(set(given) - RESUME_OVERRIDABLE):
+        value, before = getattr(config, name), getattr(saved, name)
+        if value != before:
+            raise ValueError(f"cannot change {name} when resuming (run has {before!r}, "
+                             f"given {value!r}); start a new run with another --out instead")
     overrides = {name: getattr(config, name) for name in RESUME_OVERRIDABLE
-                 if getattr(config, name) != getattr(defaults, name)}
+                 if name in given}
     overrides["out"] = config.out if config.out is not None else str(file.parent)
+    overrides["resume"] = config.resume
+    overrides["overwrite"] = False  # a resumed run continues its folder, never replaces it
     return dataclasses.replace(saved, **overrides), ckpt
 
 
