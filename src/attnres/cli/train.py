@@ -44,6 +44,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", metavar="NAME",
                    help="start from a named recipe (e.g. cifar-fast, see "
                         "attnres.training.RECIPES); the options given override its values")
+    _add_model_options(p)
+    _add_data_options(p)
+    _add_optimisation_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=run_train)
+    show_train_defaults(p)
+
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--arch", help="architecture, e.g. resnet20 (see `attnres models`)")
     model.add_argument("--attention", help="se, eca, cbam, bam, or none")
@@ -58,6 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="options of the attention module, e.g. reduction=8,kernel_size=3")
     model.add_argument("--pretrained", help="torchvision weights name or a weights file")
 
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", help="digits, cifar10, cifar100, or an ImageFolder path/archive")
     data.add_argument("--val-split", type=float, metavar="F",
@@ -74,6 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
                       help="normalisation std (default: the training split's)")
 
+
+def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int)
     optim.add_argument("--batch-size", type=int, help="global batch (split over processes)")
@@ -92,6 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="after the last epoch, recompute batch-norm statistics over N "
                             "training batches")
 
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -116,9 +132,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
     run.add_argument("--quiet", action="store_true", default=None,
                      help="no progress bar or per-epoch lines")
-    p.set_defaults(func=run_train)
-    show_train_defaults(p)
-
 
 def _given_values(args: argparse.Namespace) -> dict[str, Any]:
     """The options on the command line (every train option defaults to None), with the

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -279,7 +278,7 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
     row["epoch_time_s"] = time.perf_counter() - epoch_start
     row["train_images_per_s"] = seen / step_time if step_time > 0 else 0.0
     if monitor is not None:
-        _add_gate_statistics(run, row, monitor.summary())
+        report.add_gate_statistics(row, monitor.summary(), run.warned, run.log)
     return row
 
 
@@ -354,23 +353,6 @@ def _skip_update(run: _Run, loss_value: float, epoch: int, step: int) -> None:
             f"{run.config.skip_nonfinite} allowed)")
     run.optimizer.zero_grad(set_to_none=True)
     advance_scheduler(run.scheduler)
-
-
-def _add_gate_statistics(run: _Run, row: dict[str, Any],
-                         summary: dict[str, dict[str, Any]]) -> None:
-    """--monitor: each gate's statistics as columns of `row`; a warning the first time a
-    gate saturates."""
-    from ..attention.monitor import find_saturation
-
-    for module_name, stats in summary.items():
-        for stat, value in stats.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                row[f"{module_name}/{stat}"] = float(value)
-    for message in find_saturation(summary):
-        key = ":".join(message.split(":")[:2])  # "<module>: <what>", without the numbers
-        if key not in run.warned:
-            run.warned.add(key)
-            run.log(f"warning: {message}")
 
 
 def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:

@@ -11,6 +11,7 @@ import io
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -120,6 +121,23 @@ def print_line(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(message, file=sys.stderr)
+
+
+def add_gate_statistics(row: dict[str, Any], summary: dict[str, dict[str, Any]],
+                        warned: set[str], log: Callable[[str], None]) -> None:
+    """--monitor: each gate's statistics as columns of `row`; a warning (through `log`) the
+    first time a gate saturates (`warned` remembers which)."""
+    from ..attention.monitor import find_saturation
+
+    for module_name, stats in summary.items():
+        for stat, value in stats.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[f"{module_name}/{stat}"] = float(value)
+    for message in find_saturation(summary):
+        key = ":".join(message.split(":")[:2])  # "<module>: <what>", without the numbers
+        if key not in warned:
+            warned.add(key)
+            log(f"warning: {message}")
 
 
 __all__ = ["epoch_line", "log_scalars", "open_tensorboard", "print_line", "progress_bar",
