@@ -86,23 +86,33 @@ def checkpoint_file(path: str | Path, names: tuple[str, ...] = RUN_CHECKPOINTS) 
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a trained model from a checkpoint (or a run folder: its best.pt) alone.
+    """Rebuild a trained model from its files alone: a checkpoint, a run folder (its
+    best.pt, else last.pt) or a folder written by `attnres.save_model` (model.safetensors
+    + model.json, see `attnres.model_files`). Nothing is downloaded.
 
-    The architecture, attention and placement come from the checkpoint's `build_args`; the
-    model is returned in eval mode with `model.preprocessing = {"mean", "std",
-    "image_size", "classes"}` describing the inputs it expects, `(B, 3, S, S)` normalised.
+    The network comes from the checkpoint's `model_info` (checkpoints of attnres <= 0.2:
+    its `build_args`); the model is returned in eval mode with `model.preprocessing =
+    {"mean", "std", "image_size", "classes"}` describing the inputs it expects, `(B, 3, S,
+    S)` normalised.
     """
-    from .models import build_model
+    from .model_files import load_saved_model, load_state_strict, model_folder
+    from .models import build_model, rebuild_model
 
+    folder = model_folder(path)
+    if folder is not None and not any((folder / name).is_file() for name in RUN_CHECKPOINTS):
+        return load_saved_model(folder, map_location=map_location)
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file, map_location=map_location)
-    if "model" not in ckpt or "build_args" not in ckpt:
+    if "model" not in ckpt or not ("build_args" in ckpt or "model_info" in ckpt):
         raise CheckpointError(f"{file}: not an attnres training checkpoint (no model/build_args"
                               f"); load plain state dicts with attnres.load_pretrained")
-    build_args = dict(ckpt["build_args"])
-    build_args["pretrained"] = None  # the checkpoint holds the weights; never download
-    model = build_model(build_args.pop("arch"), **build_args)
-    model.load_state_dict(ckpt["model"])
+    if ckpt.get("model_info"):
+        model = rebuild_model(ckpt["model_info"])  # never downloads
+    else:
+        build_args = dict(ckpt["build_args"])
+        build_args["pretrained"] = None  # the checkpoint holds the weights; never download
+        model = build_model(build_args.pop("arch"), **build_args)
+    load_state_strict(model, ckpt["model"], file)
     model.to(map_location)
     model.eval()
     model.preprocessing = dict(ckpt.get("preprocessing", {}))
