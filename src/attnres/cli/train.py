@@ -57,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--attention-kwargs", metavar="K=V,...",
                        help="options of the attention module, e.g. reduction=8,kernel_size=3")
     model.add_argument("--pretrained", help="torchvision weights name or a weights file")
+    model.add_argument("--from", dest="source", metavar="SOURCE",
+                       help="train a network you have: torchvision:NAME, timm:NAME, or a saved "
+                            "model / checkpoint / run folder (instead of --arch)")
+    model.add_argument("--add-attention", metavar="NAME",
+                       help="attention to add to the --from network at --placement")
 
     data = p.add_argument_group("data")
     data.add_argument("--data", help="digits, cifar10, cifar100, or an ImageFolder path/archive")

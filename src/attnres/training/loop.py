@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as datasets
-from .. import models
 from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from ..model_files import save_model
 from ..utils import atomic_write_json
 from . import report
 from .config import NonFiniteLossError, TrainConfig, validate_config
@@ -33,6 +33,7 @@ from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pic
                           setup_distributed, teardown_distributed, wrap_model)
 from .ema import ema_metrics, make_ema, save_ema
 from .meters import MemoryMeter
+from .model_source import make_model, model_record, normalisation_arch
 from .normalisation import with_normalisation
 from .bn_recompute import run_precise_bn
 from .recipe import advance_scheduler, make_optimizer, make_scheduler
@@ -41,12 +42,13 @@ from .signals import StopRequest
 from .validation import to_device, validate
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """Train a model as `config` says; return the summary (also written to summary.json).
 
     Raises ValueError for bad options, NonFiniteLossError when the loss stops being finite
     (the last good checkpoint is kept), and KeyboardInterrupt after saving `last.pt` on
-    SIGINT or SIGTERM.
+    SIGINT or SIGTERM. `model`: train this network (in place) instead of config.arch's, see
+    `training/model_source.py`.
     """
     config, ckpt = resolve_resume(config)
     validate_config(config)
@@ -58,7 +60,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                          f"--resume {config.out} to continue it, or choose another --out")
     ddp = setup_distributed(config.device)
     try:
-        return _run(config, ckpt, ddp, out)
+        return _run(config, ckpt, ddp, out, model)
     finally:
         teardown_distributed(ddp)
 
@@ -117,7 +119,7 @@ class _Run:
     def checkpoint(self, epoch: int, batch: int, partial: list[float]) -> dict[str, Any]:
         """What `last.pt` / `best.pt` hold: enough to continue from step `batch` of `epoch`."""
         return {"format": CHECKPOINT_FORMAT, "model": self.raw_model.state_dict(),
-                "build_args": dict(self.raw_model.build_args),
+                **model_record(self.raw_model, self.preprocessing),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "batch": batch, "partial": partial, "rng": rng_state(),
@@ -133,8 +135,9 @@ class _Run:
                               normalisation=self.preprocessing.get("normalisation"))
 
 
-def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
-    run = _prepare(config, ddp, out)
+def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path,
+         model: nn.Module | None = None) -> dict[str, Any]:
+    run = _prepare(config, ddp, out, model, ckpt)
     if ckpt is not None:
         _restore(run, ckpt)
     # validation runs on `net`, never through DDP: ranks may hold different numbers of
@@ -172,7 +175,8 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[s
     return summary
 
 
-def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
+def _prepare(config: TrainConfig, ddp: Dist, out: Path, model: nn.Module | None = None,
+             ckpt: dict | None = None) -> _Run:
     """Seed, then load the data and build the model, optimizer, loaders and schedule."""
     device = pick_device(config.device, ddp)
     use_cuda = device.type == "cuda"
@@ -189,12 +193,9 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
     data = datasets.load_dataset(config.data, val_split=config.val_split,
                                  seed=config.split_seed, image_size=config.image_size,
                                  cache_dir=config.cache_dir)
-    raw_model = models.build_model(config.arch, attention=config.attention,
-                                   placement=config.placement, stages=config.stages,
-                                   blocks=config.blocks, preset=config.preset,
-                                   num_classes=data.num_classes, pretrained=config.pretrained,
-                                   attention_kwargs=dict(config.attention_kwargs) or None)
-    data, preprocessing = with_normalisation(data, config.pretrained, config.arch)
+    raw_model = make_model(config, data.num_classes, model, ckpt)
+    data, preprocessing = with_normalisation(data, config.pretrained,
+                                             normalisation_arch(config))
     # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
     channels_last = config.channels_last and (use_cuda or config.amp)
     raw_model.to(device, memory_format=torch.channels_last if channels_last
@@ -376,6 +377,7 @@ def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
     save_checkpoint(state, run.out / "last.pt")
     if improved:
         save_checkpoint(state, run.out / "best.pt")
+        save_model(run.raw_model, run.out, preprocessing=run.preprocessing)
     save_ema(run)
     report.write_metrics(run.out, run.metrics)
     if run.writer is not None:
