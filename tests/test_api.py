@@ -17,7 +17,8 @@ import attnres
 ENTRY_POINTS = ["create_attention", "list_attention", "build_model", "list_models",
                 "insert_attention", "load_pretrained", "load_model", "train", "TrainConfig",
                 "evaluate", "ablate", "AttentionMonitor", "explain", "bench", "export_model",
-                "load_dataset", "report", "add_attention", "precise_bn", "predict"]
+                "load_dataset", "report", "add_attention", "precise_bn", "predict",
+                "save_model"]
 
 
 def test_exports_exactly_the_entry_points():

@@ -22,7 +22,7 @@ LAYERS = [
     {"attention"},
     {"models"},
     {"data"},
-    {"checkpoint"},
+    {"checkpoint", "model_files"},
     {"training"},
     {"evaluation", "prediction"},
     {"analysis", "export", "ablation"},

@@ -19,6 +19,7 @@ from .attention import create_attention, list_attention
 from .models import add_attention, build_model, insert_attention, list_models, load_pretrained
 from .data import load_dataset
 from .checkpoint import load_model
+from .model_files import save_model
 from .training import TrainConfig, train
 from .training.bn_recompute import precise_bn
 from .evaluation import evaluate
@@ -33,5 +34,5 @@ __all__ = [
     "AttentionMonitor", "TrainConfig", "__version__", "ablate", "add_attention", "bench",
     "build_model", "create_attention", "evaluate", "explain", "export_model", "insert_attention",
     "list_attention", "list_models", "load_dataset", "load_model", "load_pretrained",
-    "precise_bn", "predict", "report", "train",
+    "precise_bn", "predict", "report", "save_model", "train",
 ]

@@ -135,12 +135,16 @@ def _check_preprocessing(file: Path, prep: Any) -> None:
 def _check_structure(file: Path, ckpt: dict, training: bool) -> None:
     """The keys and types a checkpoint needs, before anything is built from it."""
     weights, build_args = ckpt.get("model"), ckpt.get("build_args")
-    if not isinstance(weights, dict) or not isinstance(build_args, dict):
+    info = ckpt.get("model_info")
+    if not isinstance(weights, dict) or not (isinstance(build_args, dict)
+                                             or isinstance(info, dict)):
         have = ", ".join(sorted(map(str, ckpt))[:6]) or "nothing"
         raise CheckpointError(f"{file}: not an attnres training checkpoint: it needs a 'model' "
-                              f"state dict and 'build_args' (it holds {have}); load plain "
-                              f"state dicts with attnres.load_pretrained")
-    if not isinstance(build_args.get("arch"), str):
+                              f"state dict and 'model_info' or 'build_args' (it holds {have}); "
+                              f"load plain state dicts with attnres.load_pretrained")
+    if isinstance(info, dict) and not isinstance(info.get("architecture"), str):
+        raise CheckpointError(f"{file}: its model_info names no architecture")
+    if info is None and not isinstance(build_args.get("arch"), str):
         raise CheckpointError(f"{file}: its build_args name no architecture ('arch')")
     bad = [str(k) for k, v in weights.items()
            if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -165,17 +169,26 @@ def _check_structure(file: Path, ckpt: dict, training: bool) -> None:
         _check_preprocessing(file, ckpt["preprocessing"])
 
 
-def _build(file: Path, build_args: dict, device: str | torch.device) -> nn.Module:
-    """The model `build_args` describe, on `device` (weights not loaded, never downloaded)."""
-    from .models import build_model
+def _describes(ckpt: dict) -> str:
+    """The network a checkpoint describes, for messages."""
+    info = ckpt.get("model_info")
+    return str(info["architecture"]) if info else str(ckpt["build_args"]["arch"])
 
-    args = dict(build_args)
-    args["pretrained"] = None  # the checkpoint holds the weights; never download
+
+def _build(file: Path, ckpt: dict, device: str | torch.device) -> nn.Module:
+    """The model the checkpoint's `model_info` (attnres <= 0.2: `build_args`) describes, on
+    `device` (weights not loaded, never downloaded)."""
+    from .models import build_model, rebuild_model
+
     try:
         with torch.device(device):
+            if ckpt.get("model_info"):
+                return rebuild_model(ckpt["model_info"])
+            args = dict(ckpt["build_args"])
+            args["pretrained"] = None  # the checkpoint holds the weights; never download
             return build_model(args.pop("arch"), **args)
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{file}: its build_args do not describe a model "
+        raise CheckpointError(f"{file}: its model description does not build a model "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                               ) from None
 
@@ -189,7 +202,7 @@ def check_checkpoint(ckpt: dict[str, Any], file: str | Path, *, training: bool =
     returns that model, built on `device` ("meta": no memory), weights not loaded."""
     file = Path(file)
     _check_structure(file, ckpt, training)
-    model = _build(file, ckpt["build_args"], device)
+    model = _build(file, ckpt, device)
     expected, weights = model.state_dict(), ckpt["model"]
     problems = []
     missing = [k for k in expected if k not in weights]
@@ -203,8 +216,8 @@ def check_checkpoint(ckpt: dict[str, Any], file: str | Path, *, training: bool =
         if names:
             problems.append(f"{label}: {_listed(names)}")
     if problems:
-        raise CheckpointError(f"{file}: its weights do not fit the {ckpt['build_args']['arch']} "
-                              f"its build_args describe ({'; '.join(problems)})")
+        raise CheckpointError(f"{file}: its weights do not fit the {_describes(ckpt)} it "
+                              f"describes ({'; '.join(problems)})")
     bad = nonfinite_names(weights.items())
     if bad:
         raise CheckpointError(f"{file}: its weights are not finite (NaN or inf) in "
@@ -213,14 +226,22 @@ def check_checkpoint(ckpt: dict[str, Any], file: str | Path, *, training: bool =
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a trained model from a checkpoint (or a run folder: its best.pt) alone.
+    """Rebuild a trained model from its files alone: a checkpoint, a run folder (its
+    best.pt, else last.pt) or a folder written by `attnres.save_model` (model.safetensors
+    + model.json, see `attnres.model_files`). Nothing is downloaded.
 
-    The architecture, attention and placement come from the checkpoint's `build_args`; the
-    model is returned in eval mode with `model.preprocessing = {"mean", "std",
-    "image_size", "classes"}` describing the inputs it expects, `(B, 3, S, S)` normalised.
-    The checkpoint is checked first (`check_checkpoint`): a damaged one raises
-    CheckpointError naming the file and what is wrong with it.
+    The network comes from the checkpoint's `model_info` (checkpoints of attnres <= 0.2:
+    its `build_args`), or from a folder written by `attnres.save_model`; the model is
+    returned in eval mode with `model.preprocessing = {"mean", "std", "image_size",
+    "classes"}` describing the inputs it expects, `(B, 3, S, S)` normalised. The checkpoint
+    is checked first (`check_checkpoint`): a damaged one raises CheckpointError naming the
+    file and what is wrong with it.
     """
+    from .model_files import load_saved_model, model_folder
+
+    folder = model_folder(path)
+    if folder is not None and not any((folder / name).is_file() for name in RUN_CHECKPOINTS):
+        return load_saved_model(folder, map_location=map_location)
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file, map_location=map_location)
     model = check_checkpoint(ckpt, file, device="cpu")

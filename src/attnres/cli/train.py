@@ -67,6 +67,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--attention-kwargs", metavar="K=V,...",
                        help="options of the attention module, e.g. reduction=8,kernel_size=3")
     model.add_argument("--pretrained", help="torchvision weights name or a weights file")
+    model.add_argument("--from", dest="source", metavar="SOURCE",
+                       help="train a network you have: torchvision:NAME, timm:NAME, or a saved "
+                            "model / checkpoint / run folder (instead of --arch)")
+    model.add_argument("--add-attention", metavar="NAME",
+                       help="attention to add to the --from network at --placement")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:

@@ -30,6 +30,8 @@ class TrainConfig:
     preset: str | None = None                # a named placement preset
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None            # torchvision weights name or a file
+    source: str | None = None                # "torchvision:NAME", "timm:NAME" or a saved model/run
+    add_attention: str | None = None         # attention added to `source` (training/model_source.py)
 
     # data (see attnres.load_dataset)
     data: str = "digits"

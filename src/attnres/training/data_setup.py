@@ -23,6 +23,7 @@ import torch
 from .. import data as datasets
 from .config import TrainConfig
 from .distributed import Dist, all_reduce, min_over_ranks
+from .model_source import normalisation_arch
 from .normalisation import with_normalisation
 
 
@@ -98,7 +99,8 @@ def load_run_data(config: TrainConfig, ddp: Dist, device: torch.device) -> RunDa
                                     cache_dir=config.cache_dir, mean=config.mean,
                                     std=config.std)
         if config.mean is None:  # pretrained weights' own statistics win over estimates
-            data, preprocessing = with_normalisation(data, config.pretrained, config.arch)
+            data, preprocessing = with_normalisation(data, config.pretrained,
+                                                     normalisation_arch(config))
         else:
             preprocessing = _given(data)
         train_loader, val_loader = datasets.make_stream_loaders(
@@ -113,7 +115,8 @@ def load_run_data(config: TrainConfig, ddp: Dist, device: torch.device) -> RunDa
             data = dataclasses.replace(data, mean=tuple(config.mean), std=tuple(config.std))
             preprocessing = _given(data)
         else:
-            data, preprocessing = with_normalisation(data, config.pretrained, config.arch)
+            data, preprocessing = with_normalisation(data, config.pretrained,
+                                                     normalisation_arch(config))
         # on CUDA, batches are cut and augmented on the GPU when the images fit comfortably
         on_device = use_cuda and data.train.images.numel() + data.val.images.numel() < 2**31
         train_loader, val_loader = datasets.make_loaders(

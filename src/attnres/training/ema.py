@@ -21,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .distributed import average_buffers
+from .model_source import model_record
 from .validation import validate
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def weights_checkpoint(run: _Run, model: nn.Module, extra: dict[str, Any] | None
     """A weights-only checkpoint of `model` (the EMA or precise-BN weights of the run) that
     `attnres.load_model` rebuilds; it holds no optimizer state and cannot be resumed."""
     return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-            "build_args": dict(run.raw_model.build_args), "epoch": run.metrics[-1]["epoch"],
+            **model_record(run.raw_model, run.preprocessing), "epoch": run.metrics[-1]["epoch"],
             "config": asdict(run.config), "preprocessing": run.preprocessing,
             "weights_only": True, **(extra or {})}
 

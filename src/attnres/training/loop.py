@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import models
 from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from ..model_files import save_model
 from ..utils import atomic_write_json
 from . import finite, report
 from .config import NonFiniteLossError, TrainConfig, validate_config
@@ -34,6 +34,7 @@ from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pic
                           setup_distributed, teardown_distributed, wrap_model)
 from .ema import ema_metrics, make_ema, save_ema
 from .meters import MemoryMeter
+from .model_source import make_model, model_record
 from .bn_recompute import run_precise_bn
 from .recipe import advance_scheduler, make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
@@ -42,14 +43,16 @@ from .signals import StopRequest
 from .validation import to_device, validate
 
 
-def train(config: TrainConfig, *, given: Collection[str] | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, model: nn.Module | None = None, *,
+          given: Collection[str] | None = None) -> dict[str, Any]:
     """Train a model as `config` says; return the summary (also written to summary.json).
 
     Raises ValueError for bad options (checked before anything is loaded) or an `out` that
     holds a run (without `resume` / `overwrite`), RunLockedError when another run holds
     `out`, NonFiniteLossError / NonFiniteModelError when the loss or the model stops being
     finite (the last finite checkpoint is kept; summary.json says failed), `Interrupted`
-    after saving `last.pt` on SIGINT / SIGTERM. `given`: see `resolve_resume`.
+    after saving `last.pt` on SIGINT / SIGTERM. `given`: see `resolve_resume`. `model`:
+    train this network (in place) instead of config.arch's, see `training/model_source.py`.
     """
     validate_config(config)
     config, ckpt = resolve_resume(config, given)
@@ -60,7 +63,7 @@ def train(config: TrainConfig, *, given: Collection[str] | None = None) -> dict[
     with claim_run_folder(out, new_run=ckpt is None, overwrite=config.overwrite):
         ddp = setup_distributed(config.device)
         try:
-            return _run(config, ckpt, ddp, out)
+            return _run(config, ckpt, ddp, out, model)
         finally:
             teardown_distributed(ddp)
 
@@ -120,7 +123,7 @@ class _Run:
     def checkpoint(self, epoch: int, batch: int, partial: list[float]) -> dict[str, Any]:
         """What `last.pt` / `best.pt` hold: enough to continue from step `batch` of `epoch`."""
         return {"format": CHECKPOINT_FORMAT, "model": self.raw_model.state_dict(),
-                "build_args": dict(self.raw_model.build_args),
+                **model_record(self.raw_model, self.preprocessing),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "batch": batch, "partial": partial, "rng": rng_state(),
@@ -138,8 +141,9 @@ class _Run:
                 "data": self.data_record}
 
 
-def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
-    run = _prepare(config, ddp, out)
+def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path,
+         model: nn.Module | None = None) -> dict[str, Any]:
+    run = _prepare(config, ddp, out, model, ckpt)
     config = run.config  # its loader resolved to "memory" or "stream"
     if ckpt is not None:
         _restore(run, ckpt)
@@ -183,7 +187,8 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[s
     return summary
 
 
-def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
+def _prepare(config: TrainConfig, ddp: Dist, out: Path, model: nn.Module | None = None,
+             ckpt: dict | None = None) -> _Run:
     """Seed, then load the data and build the model, optimizer, loaders and schedule."""
     device = pick_device(config.device, ddp)
     use_cuda = device.type == "cuda"
@@ -200,11 +205,7 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
     run_data = load_run_data(config, ddp, device)  # in memory or streamed (data_setup)
     config, data = run_data.config, run_data.data
     train_loader, val_loader = run_data.train_loader, run_data.val_loader
-    raw_model = models.build_model(config.arch, attention=config.attention,
-                                   placement=config.placement, stages=config.stages,
-                                   blocks=config.blocks, preset=config.preset,
-                                   num_classes=data.num_classes, pretrained=config.pretrained,
-                                   attention_kwargs=dict(config.attention_kwargs) or None)
+    raw_model = make_model(config, data.num_classes, model, ckpt)
     preprocessing = run_data.preprocessing  # mean/std: the pretrained weights' or the data's
     # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
     channels_last = config.channels_last and (use_cuda or config.amp)
@@ -364,6 +365,7 @@ def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
     save_checkpoint(state, run.out / "last.pt")
     if improved:
         save_checkpoint(state, run.out / "best.pt")
+        save_model(run.raw_model, run.out, preprocessing=run.preprocessing)
     save_ema(run)
     report.write_metrics(run.out, run.metrics)
     if run.writer is not None:
