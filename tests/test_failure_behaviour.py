@@ -134,6 +134,7 @@ def damaged(reference_run: Path, tmp_path: Path, how: str) -> Path:
         del ckpt["config"]
     elif how == "bad-build-args":
         ckpt["build_args"] = {**ckpt["build_args"], "attention": "cbma"}
+        ckpt["model_info"] = {**ckpt["model_info"], "attention": "cbma"}
     elif how == "plain":
         ckpt = dict(weights)
     path = tmp_path / f"{how}.pt"
@@ -147,7 +148,7 @@ def damaged(reference_run: Path, tmp_path: Path, how: str) -> Path:
     ("not-a-tensor", "not tensors: fc.bias"),
     ("nan", "not finite (NaN or inf) in fc.weight"),
     ("unexpected", "unexpected: extra.weight"),
-    ("bad-build-args", "build_args do not describe a model"),
+    ("bad-build-args", "model description does not build a model"),
     ("plain", "not an attnres training checkpoint"),
 ])
 def test_checkpoints_that_do_not_fit_their_model_are_refused(how, hint, reference_run,
@@ -230,16 +231,16 @@ def test_broken_weights_after_a_skipped_step_stop_the_run(tiny_data, tmp_path, m
                 return loss * float("nan")
         return loss
 
-    import attnres.models
+    import attnres.training.model_source as model_source
 
-    build = attnres.models.build_model
+    build = model_source.build_model
     broken: list = []
 
     def build_model(*args, **kwargs):
         broken.append(build(*args, **kwargs))
         return broken[-1]
 
-    monkeypatch.setattr(attnres.models, "build_model", build_model)
+    monkeypatch.setattr(model_source, "build_model", build_model)
     monkeypatch.setattr(F, "cross_entropy", cross_entropy)
     out = tmp_path / "broken"
     with pytest.raises(NonFiniteModelError, match=r"epoch 2, step 2 .*fc\.weight") as info:
