@@ -7,7 +7,9 @@
     resume.py       seeding, RNG states, what a resumed run may change
     validation.py   loss / top-1 / top-5 on the validation split
     report.py       config.json, metrics.csv, summary.json, TensorBoard, progress lines
-    meters.py       peak memory;  signals.py: stopping cleanly on SIGINT / SIGTERM
+    limits.py       fractional epochs, max_steps, max_time, subset, the warm-up cap
+    steps.py        skipped non-finite steps, the per-step schedule, --monitor columns
+    meters.py       memory, named for what it is;  signals.py: stopping on SIGINT / SIGTERM
 
 Checkpoint files and run folders are read and written by `attnres.checkpoint`.
 """

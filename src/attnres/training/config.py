@@ -37,9 +37,10 @@ class TrainConfig:
     split_seed: int = 0                      # fixed, so every seed sees the same val set
     image_size: int | None = None            # None: the data set's own size
     cache_dir: str | None = None
+    subset: int | None = None                # train on a stratified subset of this many images
 
     # optimisation
-    epochs: int = 30
+    epochs: float = 30                       # a fraction runs that share of an epoch's steps
     batch_size: int = 128                    # global batch, split across DDP processes
     lr: float = 0.1                          # peak learning rate
     momentum: float = 0.9
@@ -51,6 +52,11 @@ class TrainConfig:
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions
     step_gamma: float = 0.1
     attention_lr_mult: float = 1.0           # lr multiplier for attention parameters
+
+    # how long (see training/limits.py): the first limit reached ends the run
+    max_steps: int | None = None             # at most this many optimizer steps
+    max_time: float | None = None            # seconds of training in this call (not kept
+                                             # by --resume), checked at every step
 
     # run
     seed: int = 0
@@ -71,7 +77,7 @@ class TrainConfig:
 
 # Options that may change when a run is resumed; all others must match the saved run or be
 # left at their defaults (then the saved values are used).
-RESUME_OVERRIDABLE = {"epochs", "out", "resume", "device", "compile", "monitor",
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "out", "resume", "device", "compile", "monitor",
                       "skip_nonfinite", "tensorboard", "quiet"}
 
 
@@ -86,8 +92,19 @@ def validate_config(config: TrainConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: must be a positive integer")
 
-    positive_int("epochs")
+    def positive_number(name: str) -> None:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name}={value!r}: must be a positive number")
+
+    positive_number("epochs")
     positive_int("batch_size")
+    for name in ("max_steps", "subset"):
+        if getattr(config, name) is not None:
+            positive_int(name)
+    if config.max_time is not None:
+        positive_number("max_time")
     if not (isinstance(config.lr, (int, float)) and config.lr > 0 and math.isfinite(config.lr)):
         raise ValueError(f"lr={config.lr!r}: must be a positive number")
     for name in ("momentum", "label_smoothing"):

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,13 +28,15 @@ from .. import models
 from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from ..utils import atomic_write_json
 from . import report
-from .config import NonFiniteLossError, TrainConfig, validate_config
+from .config import TrainConfig, validate_config
 from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pick_device,
                           setup_distributed, teardown_distributed, wrap_model)
+from .limits import StepPlan, apply_subset, plan_steps
 from .meters import MemoryMeter
 from .recipe import make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
 from .signals import StopRequest
+from .steps import add_gate_statistics, advance, skip_update
 from .validation import to_device, validate
 
 
@@ -89,6 +90,7 @@ class _Run:
     train_loader: Any
     val_loader: Any
     steps_per_epoch: int
+    plan: StepPlan                  # how many steps the run takes (limits.py)
     preprocessing: dict[str, Any]
     channels_last: bool
     autocast_dtype: torch.dtype | None  # None: no autocast
@@ -101,6 +103,9 @@ class _Run:
     start_batch: int = 0            # steps of start_epoch done before an interruption
     partial: _Sums = field(default_factory=_Sums)
     warned: set[str] = field(default_factory=set)
+    deadline: float | None = None   # perf_counter() at which max_time runs out
+    stop_reason: str | None = None  # "max_time" once it ran out
+    cut: list[float] | None = None  # sums of the last epoch when it stopped mid-way
 
     def log(self, message: str) -> None:
         if self.ddp.is_main and not self.config.quiet:
@@ -122,10 +127,17 @@ class _Run:
                 "metrics": self.metrics, "nonfinite_steps": self.nonfinite_steps,
                 "world_size": self.ddp.world_size}
 
-    def summary(self, memory: MemoryMeter, *, finished: bool) -> dict[str, Any]:
-        return report.summary(self.config, self.metrics, memory=memory, finished=finished,
+    def steps_done(self) -> int:
+        return int(self.scheduler.last_epoch)  # one scheduler step per optimizer step
+
+    def summary(self, memory: MemoryMeter, *, finished: bool | None = None) -> dict[str, Any]:
+        """summary.json; `finished` by default: the planned steps are done or max_time ran
+        out (`StepPlan.status`)."""
+        steps = self.plan.status(self.steps_done(), self.stop_reason, finished)
+        return report.summary(self.config, self.metrics, memory=memory,
+                              finished=steps["stop_reason"] is not None,
                               params=sum(p.numel() for p in self.raw_model.parameters()),
-                              world_size=self.ddp.world_size)
+                              world_size=self.ddp.world_size, steps=steps)
 
 
 def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[str, Any]:
@@ -146,21 +158,29 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path) -> dict[s
     best = max((row["val_top1"] for row in run.metrics), default=-1.0)
     memory = MemoryMeter(run.device)
     memory.start()
+    if run.plan.warning() and ddp.is_main:  # shown under --quiet too: it changes the run
+        report.print_line(f"warning: {run.plan.warning()}")
+    if config.max_time is not None:
+        run.deadline = time.perf_counter() + config.max_time
     with StopRequest() as stop:
-        for epoch in range(run.start_epoch, config.epochs):
+        for epoch in range(run.start_epoch, run.plan.epochs):
             row = _epoch(run, epoch, stop, memory)
             run.metrics.append(row)
             improved = row["val_top1"] > best
             best = max(best, row["val_top1"])
             _save_epoch(run, memory, improved=improved)
-            run.log(report.epoch_line(row, config.epochs))
+            run.log(report.epoch_line(row, run.plan.epochs))
+            if run.stop_reason is not None:
+                run.log(f"max_time {config.max_time:g} s reached after step "
+                        f"{run.steps_done()} of {run.plan.total_steps}: saved {out}")
+                break
             if all_reduce([float(stop.requested)], ddp, run.device)[0]:  # every rank stops
                 run.log(f"interrupted: saved {out / 'last.pt'} (end of epoch {epoch + 1}); "
                         f"continue with --resume {out}")
                 raise KeyboardInterrupt
     if run.writer is not None:
         run.writer.close()
-    summary = run.summary(memory, finished=len(run.metrics) >= config.epochs)
+    summary = run.summary(memory)
     run.log(f"done: best val top-1 {summary['best_val_top1']:.2f}, last "
             f"{summary['last_val_top1']:.2f}; wrote {out}")
     return summary
@@ -183,6 +203,7 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
     data = datasets.load_dataset(config.data, val_split=config.val_split,
                                  seed=config.split_seed, image_size=config.image_size,
                                  cache_dir=config.cache_dir)
+    data = apply_subset(data, config.subset, config.split_seed)
     raw_model = models.build_model(config.arch, attention=config.attention,
                                    placement=config.placement, stages=config.stages,
                                    blocks=config.blocks, preset=config.preset,
@@ -212,7 +233,8 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path) -> _Run:
         config=config, ddp=ddp, out=out, device=device, raw_model=raw_model,
         optimizer=optimizer, scheduler=make_scheduler(optimizer, config, steps_per_epoch),
         scaler=scaler, train_loader=train_loader, val_loader=val_loader,
-        steps_per_epoch=steps_per_epoch, channels_last=channels_last,
+        steps_per_epoch=steps_per_epoch, plan=plan_steps(config, steps_per_epoch),
+        channels_last=channels_last,
         autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
         preprocessing={"mean": list(data.mean), "std": list(data.std),
                        "image_size": data.image_size, "classes": list(data.classes)})
@@ -227,6 +249,12 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     set_rng_state(ckpt["rng"])
     run.start_epoch, run.start_batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
     run.metrics = list(ckpt["metrics"])
+    if run.start_batch and run.metrics and run.metrics[-1]["epoch"] == run.start_epoch + 1:
+        # the last row is of an epoch that stopped mid-way (max_time, a fractional epoch)
+        if run.start_batch >= run.plan.steps_in(run.start_epoch):
+            run.start_epoch, run.start_batch = run.start_epoch + 1, 0  # nothing left of it
+        else:
+            run.metrics.pop()  # it is trained on, and its row written again
     run.nonfinite_steps = int(ckpt.get("nonfinite_steps", 0))
     if run.start_batch and run.ddp.is_main:  # the interrupted epoch's sums, counted once
         run.partial = _Sums(*ckpt["partial"])
@@ -251,17 +279,20 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
     run.partial = _Sums()
     loss, correct, seen = all_reduce([sums.loss, sums.correct, sums.seen], run.ddp, run.device)
     step_time = all_reduce([sums.step_time], run.ddp, run.device)[0] / run.ddp.world_size
+    cut = run.steps_done() - epoch * run.steps_per_epoch < run.steps_per_epoch
+    run.cut = [loss, correct, seen, step_time] if cut else None
     row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / max(seen, 1),
                            "train_top1": 100.0 * correct / max(seen, 1)}
     average_buffers(run.raw_model, run.ddp)
     row.update(validate(run.net, run.val_loader, run.device, run.ddp, run.autocast,
                         run.channels_last))
     row["train_images"] = int(seen)
+    row["steps"] = run.steps_done()
     row["train_step_time_s"] = step_time
     row["epoch_time_s"] = time.perf_counter() - epoch_start
     row["train_images_per_s"] = seen / step_time if step_time > 0 else 0.0
     if monitor is not None:
-        _add_gate_statistics(run, row, monitor.summary())
+        add_gate_statistics(run, row, monitor.summary())
     return row
 
 
@@ -271,20 +302,24 @@ def _train_epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) 
     run.train_loader.set_epoch(epoch, start_batch=skip)
     run.model.train()
     sums = dataclasses.replace(run.partial)
-    bar = report.progress_bar(run.steps_per_epoch, initial=skip,
-                              desc=f"epoch {epoch + 1}/{run.config.epochs}",
+    steps = run.plan.steps_in(epoch)  # the last epoch of a fractional run is cut short
+    bar = report.progress_bar(steps, initial=skip,
+                              desc=f"epoch {epoch + 1}/{run.plan.epochs}",
                               disable=run.config.quiet or not run.ddp.is_main)
     try:
         for step, (images, labels) in enumerate(run.train_loader, start=skip):
-            if step >= run.steps_per_epoch:
+            if step >= steps:
                 break
-            stop_asked = _train_step(run, images, labels, sums, stop, epoch, step)
+            stop_asked, time_up = _train_step(run, images, labels, sums, stop, epoch, step)
             bar.update(1)
             if step % 10 == 0 and sums.seen:
                 bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}",
                                 acc=f"{100 * sums.correct / sums.seen:.1f}",
                                 img_s=f"{sums.seen * run.ddp.world_size / sums.step_time:.0f}")
-            if stop_asked and step + 1 < run.steps_per_epoch:
+            if time_up:  # after this step: the epoch's row and checkpoint say where
+                run.stop_reason = "max_time"
+                break
+            if stop_asked and step + 1 < steps:
                 bar.close()
                 _save_interrupted(run, memory, epoch, step + 1, sums)
                 raise KeyboardInterrupt
@@ -294,72 +329,33 @@ def _train_epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) 
 
 
 def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, sums: _Sums,
-                stop: StopRequest, epoch: int, step: int) -> bool:
+                stop: StopRequest, epoch: int, step: int) -> tuple[bool, bool]:
     """One optimizer step on a batch `(B, C, H, W)`, `(B,)`, added to `sums`; a non-finite
-    loss skips the update (or stops the run). Returns whether any rank was asked to stop."""
+    loss skips the update (or stops the run). Returns whether any rank was asked to stop,
+    and whether max_time has run out on any rank."""
     t0 = time.perf_counter()
     images, labels = to_device(images, labels, run.device, run.channels_last)
     with run.autocast():
         logits = run.model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.config.label_smoothing)
     loss_value = loss.item()
-    nonfinite, stop_asked = all_reduce([float(not math.isfinite(loss_value)),
-                                        float(stop.requested)], run.ddp, run.device)
+    time_up = run.deadline is not None and time.perf_counter() >= run.deadline
+    nonfinite, stop_asked, time_up = all_reduce(
+        [float(not math.isfinite(loss_value)), float(stop.requested), float(time_up)],
+        run.ddp, run.device)
     if nonfinite:
-        _skip_update(run, loss_value, epoch, step)
+        skip_update(run, loss_value, epoch, step)
     else:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
-        _advance(run.scheduler)
+        advance(run.scheduler)
         sums.loss += loss_value * labels.numel()
         sums.correct += (logits.argmax(1) == labels).sum().item()
         sums.seen += labels.numel()
     sums.step_time += time.perf_counter() - t0
-    return bool(stop_asked)
-
-
-def _skip_update(run: _Run, loss_value: float, epoch: int, step: int) -> None:
-    """A step whose loss was NaN/inf on some rank: no update, or NonFiniteLossError once
-    more than `skip_nonfinite` such steps were seen."""
-    run.nonfinite_steps += 1
-    where = (f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1} (global "
-             f"step {epoch * run.steps_per_epoch + step + 1})")
-    if run.nonfinite_steps > run.config.skip_nonfinite:
-        last = run.out / "last.pt"
-        kept = (f"; last good checkpoint: {last}" if last.exists()
-                else "; no checkpoint was saved before it")
-        raise NonFiniteLossError(f"{where}{kept}; lower --lr, or pass --skip-nonfinite N to "
-                                 f"skip up to N such steps")
-    run.log(f"warning: {where}: update skipped ({run.nonfinite_steps}/"
-            f"{run.config.skip_nonfinite} allowed)")
-    run.optimizer.zero_grad(set_to_none=True)
-    _advance(run.scheduler)
-
-
-def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """One scheduler step; the schedule counts steps, skipped updates included."""
-    with warnings.catch_warnings():  # torch warns when a skipped first update precedes it
-        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
-        scheduler.step()
-
-
-def _add_gate_statistics(run: _Run, row: dict[str, Any],
-                         summary: dict[str, dict[str, Any]]) -> None:
-    """--monitor: each gate's statistics as columns of `row`; a warning the first time a
-    gate saturates."""
-    from ..analysis.monitor import find_saturation
-
-    for module_name, stats in summary.items():
-        for stat, value in stats.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                row[f"{module_name}/{stat}"] = float(value)
-    for message in find_saturation(summary):
-        key = ":".join(message.split(":")[:2])  # "<module>: <what>", without the numbers
-        if key not in run.warned:
-            run.warned.add(key)
-            run.log(f"warning: {message}")
+    return bool(stop_asked), bool(time_up)
 
 
 def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
@@ -367,15 +363,18 @@ def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
     if not run.ddp.is_main:
         return
     epoch = run.metrics[-1]["epoch"]
-    state = run.checkpoint(epoch, 0, _Sums().as_list())
+    if run.cut is None:
+        state = run.checkpoint(epoch, 0, _Sums().as_list())
+    else:  # stopped inside the epoch: a resume (more epochs, more time) continues there
+        state = run.checkpoint(epoch - 1, run.steps_done() - (epoch - 1) * run.steps_per_epoch,
+                               run.cut)
     save_checkpoint(state, run.out / "last.pt")
     if improved:
         save_checkpoint(state, run.out / "best.pt")
     report.write_metrics(run.out, run.metrics)
     if run.writer is not None:
         report.log_scalars(run.writer, run.metrics[-1])
-    atomic_write_json(run.out / "summary.json",
-                      run.summary(memory, finished=epoch == run.config.epochs))
+    atomic_write_json(run.out / "summary.json", run.summary(memory))
 
 
 def _save_interrupted(run: _Run, memory: MemoryMeter, epoch: int, batch: int,

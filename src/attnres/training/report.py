@@ -21,8 +21,10 @@ from .meters import MemoryMeter
 
 
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
-            memory: MemoryMeter, world_size: int, finished: bool) -> dict[str, Any]:
-    """The run's `summary.json`: best and last validation accuracy, cost, versions, config."""
+            memory: MemoryMeter, world_size: int, finished: bool,
+            steps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's `summary.json`: best and last validation accuracy (%), cost, the steps
+    (`limits.StepPlan.status`: planned, done, and why the run stopped), versions, config."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
     last_row = metrics[-1] if metrics else None
     train_time = sum(r["epoch_time_s"] for r in metrics)
@@ -37,10 +39,13 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "params": params,
         "train_time_s": train_time,
         "train_images_per_s": images / step_time if step_time > 0 else None,
-        "peak_train_mem_mb": memory.peak_mb(),
+        "peak_train_mem_mb": memory.peak_mb(),  # None on CPU: see MemoryMeter
         "peak_train_mem_method": memory.method,
+        "process_peak_rss_mb": memory.process_peak_rss_mb(),
+        "threads": torch.get_num_threads(),
         "epochs": len(metrics),
         "finished": finished,
+        "steps": steps,
         "world_size": world_size,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
         "config": asdict(config),

@@ -55,7 +55,8 @@ def resolve_resume(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
 
     A run folder continues from its last.pt. Options in `RESUME_OVERRIDABLE` may change;
     any other option must equal the saved run's or be left at its default, and then the
-    saved value is used (so `--resume RUN` alone continues the run as it was).
+    saved value is used (so `--resume RUN` alone continues the run as it was). `max_time`
+    is the one exception: it limits this call only, so a resumed run has none unless given.
     """
     if config.resume is None:
         return config, None
@@ -76,6 +77,7 @@ def resolve_resume(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
     overrides = {name: getattr(config, name) for name in RESUME_OVERRIDABLE
                  if getattr(config, name) != getattr(defaults, name)}
     overrides["out"] = config.out if config.out is not None else str(file.parent)
+    overrides["max_time"] = config.max_time  # a budget for this call, not kept from the last
     return dataclasses.replace(saved, **overrides), ckpt
 
 
