@@ -107,10 +107,19 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
-                     repeats: int = 20) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turns (A B C A B C ...), so that
-    every candidate sees the same machine state. CUDA work is waited for after each call."""
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def time_interleaved_samples(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
+                             repeats: int = 20) -> dict[str, list[float]]:
+    """Seconds of each call of each function, timed in turns (A B C A B C ...), so that
+    every candidate sees the same machine state; `repeats` samples per function, after
+    `warmup` untimed rounds. CUDA work is waited for after each call."""
     import torch
 
     def sync() -> None:
@@ -128,8 +137,15 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
+                     repeats: int = 20) -> dict[str, float]:
+    """Median seconds per call of each function (`time_interleaved_samples`)."""
+    samples = time_interleaved_samples(fns, warmup=warmup, repeats=repeats)
+    return {name: statistics.median(t) for name, t in samples.items()}
 
 
 __all__ = ["atomic_write", "atomic_write_json", "closest", "resolve_device",
-           "time_interleaved"]
+           "time_interleaved", "time_interleaved_samples", "usable_cores"]
