@@ -33,13 +33,13 @@ def _top1(run: Callable[[torch.Tensor], torch.Tensor], loader: Iterable) -> floa
         for x, y in loader:
             correct += int((run(x).argmax(1) == y).sum())
             total += len(y)
-    return correct / max(total, 1)
+    return 100.0 * correct / max(total, 1)  # percent, like every accuracy attnres reports
 
 
 def compare_on_data(runners: dict[str, Callable[[torch.Tensor], torch.Tensor]],
                     loader: Iterable, *, latency_batch: int = 1, repeats: int = 30
                     ) -> dict[str, dict[str, float]]:
-    """Top-1 of each runner over `loader` (batches `(B, 3, H, W)`, labels `(B,)`), and
+    """Top-1 (%) of each runner over `loader` (batches `(B, 3, H, W)`, labels `(B,)`), and
     latency: median ms per call on one batch of `latency_batch` images and images/s on a
     full loader batch, timed interleaved."""
     results = {name: {"top1": _top1(run, loader)} for name, run in runners.items()}
@@ -82,7 +82,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("| runtime | top-1 (%) | latency, batch 1 (ms) | vs fp32 | images/s |")
         lines.append("|---|---:|---:|---:|---:|")
         for name, row in report["compare"].items():
-            lines.append(f"| {name} | {100 * row['top1']:.2f} | {row['latency_ms']:.2f} | "
+            lines.append(f"| {name} | {row['top1']:.2f} | {row['latency_ms']:.2f} | "
                          f"{row['latency_ratio']:.2f}x | {row['images_per_s']:.0f} |")
     return "\n".join(lines)
 
