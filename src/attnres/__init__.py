@@ -8,8 +8,7 @@ libraries (matplotlib, onnx, timm) are imported only by the functions that need 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .attention import create_attention, list_attention
 from .models import build_model, insert_attention, list_models, load_pretrained
 from .data import load_dataset

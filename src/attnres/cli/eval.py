@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_threads, apply_threads
+
 HELP = "evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix"
 
 
@@ -26,12 +28,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are cached")
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
+    add_threads(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from attnres.evaluation import evaluate_checkpoint, format_table
 
+    apply_threads(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
     result = evaluate_checkpoint(args.checkpoint, args.data, out=args.out, split=args.split,

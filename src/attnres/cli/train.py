@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from .common import add_threads, apply_threads, number
 from .options import parse_key_values
 
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
@@ -62,11 +63,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data", help="digits, cifar10, cifar100, or an ImageFolder path/archive")
     data.add_argument("--val-split", type=float, metavar="F",
                       help="fraction in (0, 1), or a number of images, held out for validation")
-    data.add_argument("--image-size", type=int, metavar="PX")
+    data.add_argument("--image-size", type=int, metavar="PX",
+                      help="side in pixels the images are resized to (default: the data "
+                           "set's own; 32 for digits and CIFAR)")
     data.add_argument("--cache-dir", help="where decoded images are cached")
+    data.add_argument("--subset", type=int, metavar="N",
+                      help="train on a stratified subset of N training images (drawn with "
+                           "--split-seed; validation is unchanged)")
 
     optim = p.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int)
+    optim.add_argument("--epochs", type=number,
+                       help="epochs; a fraction (0.1) runs that share of an epoch's steps")
     optim.add_argument("--batch-size", type=int, help="global batch (split over processes)")
     optim.add_argument("--lr", type=float, help="peak learning rate")
     optim.add_argument("--momentum", type=float)
@@ -77,6 +84,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     optim.add_argument("--warmup-epochs", type=float)
     optim.add_argument("--attention-lr-mult", type=float,
                        help="learning-rate multiplier for attention parameters")
+
+    limits = p.add_argument_group("limits (the first one reached ends the run)")
+    limits.add_argument("--max-steps", type=int, metavar="N",
+                        help="at most N optimizer steps (the schedule spans them)")
+    limits.add_argument("--max-time", type=float, metavar="SECONDS",
+                        help="stop after the step during which SECONDS of training have "
+                             "passed; checkpoints and summary.json say so")
 
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int)
@@ -99,6 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
     run.add_argument("--quiet", action="store_true", default=None,
                      help="no progress bar or per-epoch lines")
+    add_threads(run)
     p.set_defaults(func=run_train)
 
 
@@ -130,8 +145,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     from attnres.training import NonFiniteLossError, train
 
+    config = config_from_args(args)
+    apply_threads(args)
     try:
-        train(config_from_args(args))
+        train(config)
     except NonFiniteLossError as e:
         print(f"attnres train: error: {e}", file=sys.stderr)
         return 1
