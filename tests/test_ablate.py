@@ -457,5 +457,5 @@ def test_demo_beats_chance_on_every_row_and_says_what_it_ran(tmp_path: Path) -> 
                             f"{DEMO_EPOCHS} epochs per run")
     costs = json.loads((tmp_path / "demo" / "costs.json").read_text())
     assert costs["machine"]["cpu"] in setup and costs["image_size"] == DEMO_IMAGE_SIZE
-    assert f"trained with {torch.get_num_threads()} torch threads" in setup
+    assert f"trained with {torch.get_num_threads()} torch thread" in setup
     assert any(m.startswith("demo: done in") for m in messages)

@@ -38,7 +38,9 @@ def setup_line(rows: list[dict[str, Any]], costs: dict[str, Any] | None) -> str:
         m = costs.get("machine", {})
         where = (f"measured on {m.get('cpu', '?')} ({m.get('cpu_cores', '?')} cores"
                  + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ")")
-    trained = f"; trained with {', '.join(map(str, threads))} torch threads" if threads else ""
+    plural = "s" if threads != [1] else ""
+    trained = (f"; trained with {', '.join(map(str, threads))} torch thread{plural}"
+               if threads else "")
     return f"Setup: {', '.join(parts)}; {where}{trained}."
 
 
