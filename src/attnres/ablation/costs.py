@@ -113,6 +113,27 @@ def _median_iqr(samples: list[float], scale: float) -> tuple[float, list[float]]
     return statistics.median(samples) * scale, [q1 * scale, q3 * scale]
 
 
+def _methods(repeats: int, train_repeats: int, warmup: int) -> dict[str, str]:
+    """How each figure of `measure_costs` is measured, in words (stored beside them)."""
+    from ..analysis.profile import FLOP_COUNTER
+
+    return {
+        "latency": f"batch 1, eval mode, inference_mode, fp32; median (and interquartile "
+                   f"range) of {repeats} runs interleaved across the networks, after "
+                   f"{warmup} untimed rounds",
+        "train": f"one SGD step (forward with the run's autocast, cross-entropy, "
+                 f"backward, step) at the run's batch size; median (and interquartile "
+                 f"range) of {train_repeats} steps interleaved across the networks",
+        "memory": f"the allocator's peak during one training step above what was "
+                  f"allocated before it (the largest of {MEMORY_STEPS} steps after one "
+                  f"unrecorded), each network measured alone after its timed steps "
+                  f"(torch.cuda.max_memory_allocated on CUDA, the allocator's records "
+                  f"through torch.profiler on CPU): tensors only, not the process's "
+                  f"resident memory",
+        "flops": FLOP_COUNTER,
+    }
+
+
 def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
                   num_classes: int, batch_size: int | None = None, device: str = "cpu",
                   threads: int | None = None, repeats: int = 30, train_repeats: int = 8,
@@ -128,7 +149,7 @@ def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
     """
     from ..analysis.bench import peak_step_memory
     from ..utils import time_interleaved_samples
-    from ..analysis.profile import FLOP_COUNTER, count_flops, count_params
+    from ..analysis.profile import count_flops, count_params
     from ..utils import resolve_device
 
     if not configs:
@@ -178,22 +199,7 @@ def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
         "image_size": image_size,
         "num_classes": num_classes,
         "train_batch_size": sorted(set(sizes.values())),
-        "method": {
-            "latency": f"batch 1, eval mode, inference_mode, fp32; median (and interquartile "
-                       f"range) of {repeats} runs interleaved across the networks, after "
-                       f"{warmup} untimed rounds",
-            "train": f"one SGD step (forward with the run's autocast, cross-entropy, "
-                     f"backward, step) at the run's batch size; median (and interquartile "
-                     f"range) of {train_repeats} steps interleaved across the networks",
-            "memory": f"the allocator's peak during one training step above what was "
-                      f"allocated before it (the largest of {MEMORY_STEPS} steps after one "
-                      f"unrecorded), each "
-                      f"network measured alone after its timed steps "
-                      f"(torch.cuda.max_memory_allocated on CUDA, the allocator's records "
-                      f"through torch.profiler on CPU): tensors only, not the process's "
-                      f"resident memory",
-            "flops": FLOP_COUNTER,
-        },
+        "method": _methods(repeats, train_repeats, warmup),
         "configs": rows,
     }
 
