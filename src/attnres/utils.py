@@ -140,6 +140,16 @@ def time_interleaved_samples(fns: dict[str, Callable[[], Any]], *, warmup: int =
     return times
 
 
+def median_iqr(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of `samples` (one sample: itself thrice)."""
+    if not samples:
+        raise ValueError("median_iqr: no samples")
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return statistics.median(samples), q1, q3
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
                      repeats: int = 20) -> dict[str, float]:
     """Median seconds per call of each function (`time_interleaved_samples`)."""
@@ -148,4 +158,4 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
 
 
 __all__ = ["atomic_write", "atomic_write_json", "closest", "resolve_device",
-           "time_interleaved", "time_interleaved_samples", "usable_cores"]
+           "median_iqr", "time_interleaved", "time_interleaved_samples", "usable_cores"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import statistics
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -109,8 +108,10 @@ def _infer(model: nn.Module, image_size: int, device: torch.device) -> Callable[
 
 def _median_iqr(samples: list[float], scale: float) -> tuple[float, list[float]]:
     """(median, [first quartile, third quartile]) of `samples`, times `scale`."""
-    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return statistics.median(samples) * scale, [q1 * scale, q3 * scale]
+    from ..utils import median_iqr
+
+    median, q1, q3 = median_iqr(samples)
+    return median * scale, [q1 * scale, q3 * scale]
 
 
 def _methods(repeats: int, train_repeats: int, warmup: int) -> dict[str, str]:

@@ -64,7 +64,7 @@ class StepPlan:
         if finished is False:
             reason = None
         else:
-            reason = stop_reason or (self.limited_by if done >= self.total_steps else None)
+            reason = self.limited_by if done >= self.total_steps else stop_reason
         return {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup_steps, "done": done, "stop_reason": reason}
 
