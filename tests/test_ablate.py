@@ -337,7 +337,14 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert seen["baseline"] == "none"
     monkeypatch.setattr(ablation, "demo", lambda **kw: seen.update(demo=kw))
     assert main(["demo", "--out", str(tmp_path / "d")]) == 0
-    assert seen["demo"] == {"out": str(tmp_path / "d"), "epochs": None}
+    assert seen["demo"] == {"out": str(tmp_path / "d"), "epochs": ablation.DEMO_EPOCHS,
+                            "threads": None}
+    assert main(["demo", "--epochs", "0.5", "--threads", "1", "--out", "d"]) == 0
+    assert seen["demo"] == {"out": "d", "epochs": 0.5, "threads": 1}
+    assert main(["ablate", "--preset", "modules", "--max-steps", "7", "--max-time", "30",
+                 "--subset", "100", "--epochs", "0.5", "--out", str(tmp_path)]) == 0
+    assert seen["epochs"] == 0.5
+    assert seen["overrides"] == {"max_steps": 7, "max_time": 30.0, "subset": 100}
     monkeypatch.setattr(ablation, "report", lambda d, **kw: seen.update(report=(d, kw)))
     assert main(["report", "D", "--baseline", "b", "--costs", "c.json", "--reuse", "M:x=y",
                  "--update", "README.md", "--out", "o.md", "--no-plot"]) == 0
@@ -361,7 +368,7 @@ def test_measure_costs_in_one_process() -> None:
     configs = {"baseline": {"arch": "resnet20", "batch_size": 4},
                "cbam": {"arch": "resnet20", "attention": "cbam", "preset": "last-stage",
                         "batch_size": 4}}
-    costs = measure_costs(configs, image_size=8, num_classes=3, repeats=2, train_repeats=2,
+    costs = measure_costs(configs, image_size=8, num_classes=3, repeats=3, train_repeats=3,
                           warmup=1, log=lambda m: None)
     assert costs["threads"] == torch.get_num_threads() == costs["machine"]["torch_threads"]
     assert costs["train_batch_size"] == [4] and costs["device"] == "cpu"
@@ -373,4 +380,82 @@ def test_measure_costs_in_one_process() -> None:
         assert row["flops"] == count_flops(model, (1, 3, 8, 8))
         assert row["train_images_per_s"] == pytest.approx(4 / (row["train_step_ms"] / 1e3))
         assert row["latency_ms"] > 0 and row["peak_train_mem_mb"] > 0
+        low, high = row["latency_ms_iqr"]
+        assert low <= row["latency_ms"] <= high  # the median and its spread
+        low, high = row["train_step_ms_iqr"]
+        assert low <= row["train_step_ms"] <= high
     json.dumps(costs)  # JSON-able as written
+    with pytest.raises(ValueError, match="repeats must be >= 3"):
+        measure_costs(configs, image_size=8, num_classes=3, repeats=1, log=lambda m: None)
+
+
+def test_peak_memory_per_configuration_does_not_depend_on_the_order() -> None:
+    """The allocator's peak of one step of each network: the same numbers whichever
+    network is measured first (the growth of the process's peak RSS would give the first
+    one everything)."""
+    from attnres.ablation import measure_costs
+
+    configs = {"small": {"arch": "resnet20", "batch_size": 8},
+               "big": {"arch": "resnet20", "attention": "cbam", "batch_size": 32}}
+    peaks = []
+    for order in (["small", "big"], ["big", "small"]):
+        costs = measure_costs({n: configs[n] for n in order}, image_size=16, num_classes=10,
+                              repeats=3, train_repeats=3, warmup=1, log=lambda m: None)
+        peaks.append({n: costs["configs"][n]["peak_train_mem_mb"] for n in order})
+    for name in configs:
+        assert peaks[0][name] == pytest.approx(peaks[1][name], rel=0.02), peaks
+    assert peaks[0]["big"] > 2 * peaks[0]["small"]  # 4x the batch, and CBAM
+    assert "allocator" in costs["method"]["memory"]
+
+
+def test_configurations_that_resolve_to_one_placement_train_once(tmp_path: Path,
+                                                                  trainer) -> None:
+    """Any configurations that are the same run on the grid's network, whatever options
+    say so (placement, stages, preset), are trained once and reported as one row whose
+    label names them all, with its real placement."""
+    calls: list = []
+    trainer(fake_train(calls))
+    grid = {"configs": [{"name": "plain"},
+                        {"name": "cbam-block", "attention": "cbam", "placement": "block"},
+                        {"name": "cbam-stages", "attention": "cbam", "stages": [1, 2, 3]},
+                        {"name": "cbam-preset", "attention": "cbam", "preset": "all"},
+                        {"name": "cbam-last", "attention": "cbam", "stages": [3]}],
+            "defaults": {"arch": "resnet20", "epochs": 3}}
+    messages: list[str] = []
+    rows = ablate(grid, out=tmp_path, seeds=[0], latency=False, explain_maps=False,
+                  log=messages.append)
+    assert sorted(Path(c.out).name for c in calls) == ["cbam-block-s0", "cbam-last-s0",
+                                                       "plain-s0"]
+    assert any("cbam-stages, cbam-preset: the same run as cbam-block" in m for m in messages)
+    labels = {r["config"]: (r["label"], r["placement"]) for r in rows}
+    assert labels == {"plain": ("plain", "none"),
+                      "cbam-block": ("cbam-block = cbam-stages = cbam-preset",
+                                     "cbam @ block, all stages"),
+                      "cbam-last": ("cbam-last", "cbam @ block, stage 3")}
+    assert json.loads((tmp_path / "merged.json").read_text()) == {
+        "cbam-block": ["cbam-stages", "cbam-preset"]}
+    assert main(["report", str(tmp_path)]) == 0  # from the folder alone: the same labels
+    assert "| cbam-block = cbam-stages = cbam-preset | cbam @ block, all stages |" in (
+        tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_beats_chance_on_every_row_and_says_what_it_ran(tmp_path: Path) -> None:
+    """The real `attnres demo` (digits, 10 classes: chance is 10%), as `make demo` runs it."""
+    import torch
+
+    from attnres.ablation.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
+
+    messages: list[str] = []
+    rows = ablation.demo(out=tmp_path / "demo", threads=torch.get_num_threads(),
+                         log=messages.append)
+    assert [r["config"] for r in rows] == ["baseline", "cbam", "se"]
+    for row in rows:
+        assert row["top1_mean"] > 50.0, (row["config"], row["top1_mean"])
+    setup = (tmp_path / "demo" / "results.md").read_text().splitlines()[2]
+    assert setup.startswith(f"Setup: data `digits`, {DEMO_IMAGE_SIZE} px images, "
+                            f"{DEMO_EPOCHS} epochs per run")
+    costs = json.loads((tmp_path / "demo" / "costs.json").read_text())
+    assert costs["machine"]["cpu"] in setup and costs["image_size"] == DEMO_IMAGE_SIZE
+    assert f"trained with {torch.get_num_threads()} torch thread" in setup
+    assert any(m.startswith("demo: done in") for m in messages)

@@ -28,15 +28,15 @@ CLASSES = [f"c{i}" for i in range(7)]
 def test_metrics_equal_hand_computation():
     m = metrics_from_logits(LOGITS, LABELS, CLASSES)
     assert m["n"] == 4 and m["topk"] == 5
-    assert m["top1"] == pytest.approx(1 / 4)
-    assert m["top5"] == pytest.approx(3 / 4)
+    assert m["top1"] == pytest.approx(100 * 1 / 4)  # percent, like summary.json
+    assert m["top5"] == pytest.approx(100 * 3 / 4)
     confusion = [[0] * 7 for _ in range(7)]
     confusion[0][0] += 1  # predicted 0
     confusion[2][6] += 1  # predicted 6
     confusion[1][6] += 1
     confusion[0][6] += 1
     assert m["confusion"] == confusion
-    assert m["per_class"]["c0"] == pytest.approx(0.5) and m["per_class"]["c1"] == 0.0
+    assert m["per_class"]["c0"] == pytest.approx(50.0) and m["per_class"]["c1"] == 0.0
     assert m["per_class"]["c3"] is None  # no samples of class 3
     loss = 0.0
     for row, y in zip(LOGITS.tolist(), LABELS.tolist()):
@@ -47,7 +47,7 @@ def test_metrics_equal_hand_computation():
 def test_topk_capped_at_class_count():
     logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
     m = metrics_from_logits(logits, torch.tensor([0, 2]), ["a", "b", "c"])
-    assert m["topk"] == 3 and m["top5"] == 1.0 and m["top1"] == 0.0
+    assert m["topk"] == 3 and m["top5"] == 100.0 and m["top1"] == 0.0
 
 
 class FixedLogits(nn.Module):
@@ -92,8 +92,8 @@ def test_evaluate_real_model_on_digits():
     confusion = torch.tensor(result["confusion"])
     assert result["n"] == 20 == int(confusion.sum())
     assert confusion.sum(dim=1).tolist() == torch.bincount(data.val.labels, minlength=10).tolist()
-    assert result["top1"] == pytest.approx(float(confusion.trace()) / 20)
-    assert 0 <= result["top1"] <= result["top5"] <= 1 and math.isfinite(result["loss"])
+    assert result["top1"] == pytest.approx(100 * float(confusion.trace()) / 20)
+    assert 0 <= result["top1"] <= result["top5"] <= 100 and math.isfinite(result["loss"])
 
 
 def test_confusion_png(tmp_path):
@@ -138,6 +138,12 @@ def test_evaluate_checkpoint_uses_checkpoint_preprocessing_and_split(checkpoint)
     assert abs(own_stats["loss"] - result["loss"]) > 1e-4  # the data's own stats differ
     saved = json.loads((run / "eval" / "eval.json").read_text())
     assert saved["top1"] == result["top1"] and saved["n"] == 30
+    hits = sum(saved["confusion"][i][i] for i in range(10))
+    assert saved["accuracy_unit"] == "percent"
+    assert saved["top1"] == pytest.approx(100 * hits / 30)  # percent, counted from the matrix
+    for name, row in zip(saved["per_class"], saved["confusion"]):
+        if sum(row):
+            assert saved["per_class"][name] == pytest.approx(100 * row[int(name)] / sum(row))
     assert (run / "eval" / "confusion.png").is_file()
 
 
@@ -155,3 +161,16 @@ def test_cli_eval(checkpoint, tmp_path, capsys):
     assert "missing.pt" in err and len(err.strip().splitlines()) == 1
     assert main(["eval", "--checkpoint", str(run), "--data", "digitz"]) == 2
     assert "did you mean 'digits'" in capsys.readouterr().err
+
+
+def test_old_eval_json_with_fractions_is_read_as_percent(tmp_path):
+    from attnres.evaluation import read_eval_json
+
+    old = {"top1": 0.25, "top5": 0.75, "per_class": {"a": 0.5, "b": None}, "n": 4}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    read = read_eval_json(tmp_path / "old.json")
+    assert (read["top1"], read["top5"]) == (25.0, 75.0)
+    assert read["per_class"] == {"a": 50.0, "b": None}
+    new = {**read, "top1": 30.0}
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    assert read_eval_json(tmp_path / "new.json")["top1"] == 30.0  # already percent: kept

@@ -220,3 +220,58 @@ def test_rows_that_differ_in_recipe_say_so(tmp_path: Path) -> None:
     assert "Recipe of every row: arch resnet20, data cifar10-jpeg-train.tar.gz," in md
     assert "lr 0.1" not in md.split("Rows differ")[0].split("Recipe of every row")[1]
     assert not (folder / "results.png").exists()
+
+
+def test_report_starts_with_its_setup_and_latency_spread(modules: Path) -> None:
+    costs = json.loads((modules / "costs.json").read_text())
+    costs["configs"]["baseline"]["latency_ms_iqr"] = [5.5, 6.5]
+    costs["configs"]["cbam"]["latency_ms_iqr"] = [8.75, 9.25]
+    (modules / "costs.json").write_text(json.dumps(costs))
+    report(modules)
+    lines = (modules / "results.md").read_text().splitlines()
+    assert lines[0].startswith("# Results") and lines[1] == ""
+    setup = lines[2]
+    assert setup.startswith("Setup: data `cifar10-jpeg-train.tar.gz`, 32 px images, 2 epochs")
+    assert "seeds 0, 1, 2" in setup and "Test CPU (2 cores)" in setup
+    md = "\n".join(lines)
+    assert _row(md, "cbam")[12] == f"{9 / 6:.2f} (9.00 ms, IQR 8.75-9.25)"
+    table = {r["config"]: r for r in csv.DictReader((modules / "results.csv").open())}
+    assert float(table["cbam"]["latency_ms_q1"]) == 8.75
+    assert float(table["cbam"]["latency_ms_q3"]) == 9.25
+
+
+def test_plot_legend_entries_never_overlap(tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from attnres.ablation.plot import draw_rows
+
+    folder = tmp_path / "many"
+    names = ["baseline", *(f"cbam-variant-with-a-long-name-{i}" for i in range(9))]
+    for i, name in enumerate(names):
+        for seed in range(2):
+            write_run(folder, name, seed, 60.0 + i * 0.01 + seed, 90.0,  # nearly equal
+                      attention=None if i == 0 else "cbam")
+    rows = attnres.ablation.build_rows(*_table(folder))
+    fig = draw_rows(rows)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (legend,) = fig.legends
+    boxes = [t.get_window_extent(renderer) for t in legend.get_texts()]
+    assert len(boxes) == len(names)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+    figure_box = fig.bbox
+    axes_box = fig.axes[0].get_window_extent(renderer)
+    for box in [legend.get_window_extent(renderer), *boxes]:
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1  # nothing cut off
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1
+    assert not legend.get_window_extent(renderer).overlaps(axes_box)  # beside the data
+
+
+def _table(folder: Path):
+    from attnres.ablation.results import collect_runs
+
+    table, _ = collect_runs(folder)
+    return table, "baseline"

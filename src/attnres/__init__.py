@@ -8,7 +8,7 @@ libraries (matplotlib, onnx, timm) are imported only by the functions that need 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # the `attnres` command: a signal while torch imports ends it with one line (see interrupts)
 from .interrupts import guard_cli_start

@@ -3,12 +3,17 @@
 `evaluate(model, data)` measures a model in memory; `evaluate_checkpoint(run)` rebuilds a
 trained model from its checkpoint (`attnres.checkpoint`) and evaluates it with the
 checkpoint's own preprocessing, writing `eval.json` and `confusion.png`.
+
+Accuracies are percentages (0-100) everywhere, as in `summary.json` and on the command
+line: top1, top5 and per_class. `eval.json` says so (`"accuracy_unit": "percent"`); files
+written before that held fractions, and `read_eval_json` converts them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,8 @@ def _accumulate(logits: torch.Tensor, labels: torch.Tensor, k: int, confusion: t
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
                         ) -> dict:
-    """The metrics of `evaluate` for given logits `(N, K)` and labels `(N,)`."""
+    """The metrics of `evaluate` (accuracies in %) for given logits `(N, K)` and labels
+    `(N,)`."""
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.int64)
     k = min(5, len(classes))
     loss, top1, topk = _accumulate(logits, labels, k, confusion)
@@ -50,10 +56,10 @@ def _summarise(loss: float, top1: int, topk: int, confusion: torch.Tensor,
     if n == 0:
         raise ValueError("cannot evaluate on an empty split")
     per_class_total = confusion.sum(dim=1)
-    per_class = {name: (float(confusion[i, i]) / int(per_class_total[i])
+    per_class = {name: (100.0 * float(confusion[i, i]) / int(per_class_total[i])
                         if int(per_class_total[i]) else None)  # None: class absent from split
                  for i, name in enumerate(classes)}
-    return {"top1": top1 / n, "top5": topk / n, "topk": k, "loss": loss / n,
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * topk / n, "topk": k, "loss": loss / n,
             "per_class": per_class, "confusion": confusion.tolist(), "n": n}
 
 
@@ -65,7 +71,9 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
 
     The split is normalised with `data.mean` / `data.std` (set these to the checkpoint's
     statistics when evaluating a trained model on new data). The model's train/eval mode is
-    restored afterwards. Returns {top1, top5, topk, loss, per_class, confusion, n}.
+    restored afterwards. Returns {top1, top5, topk, loss, per_class, confusion, n}; top1,
+    top5 and per_class are percentages (0-100, like summary.json), loss is the mean
+    cross-entropy, n the number of images.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r} is not one of: train, val")
@@ -199,7 +207,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
         result = _evaluate_batches(model, batches, dataset.classes, device)
     out_dir = Path(out) if out is not None else file.parent / "eval"
     json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
-    result.update(checkpoint=str(file), data=str(spec), split=split, loader=(
+    result.update(accuracy_unit="percent", checkpoint=str(file), data=str(spec), split=split, loader=(
                       "memory" if isinstance(dataset, ImageData) else "stream"),
                   files={"json": str(json_path), "confusion": str(png_path)})
     save_confusion_png(result["confusion"], dataset.classes, png_path)
@@ -207,16 +215,30 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     return result
 
 
+def read_eval_json(path: str | Path) -> dict[str, Any]:
+    """An `eval.json`, accuracies in percent: a file written before they were (no
+    `accuracy_unit`, fractions) is converted."""
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    if result.get("accuracy_unit") != "percent":
+        for key in ("top1", "top5"):
+            if result.get(key) is not None:
+                result[key] = 100.0 * result[key]
+        result["per_class"] = {name: None if acc is None else 100.0 * acc
+                               for name, acc in (result.get("per_class") or {}).items()}
+        result["accuracy_unit"] = "percent"
+    return result
+
+
 def format_table(result: dict) -> str:
-    """A short text table: overall metrics, then per-class accuracy."""
+    """A short text table: overall metrics, then per-class accuracy (all in %)."""
     lines = [f"{'split':<12}{result.get('split', '?')} ({result['n']} images)",
-             f"{'top-1':<12}{100 * result['top1']:.2f}%",
-             f"{'top-' + str(result['topk']):<12}{100 * result['top5']:.2f}%",
+             f"{'top-1':<12}{result['top1']:.2f}%",
+             f"{'top-' + str(result['topk']):<12}{result['top5']:.2f}%",
              f"{'loss':<12}{result['loss']:.4f}", "", f"{'class':<20}accuracy"]
     for name, acc in result["per_class"].items():
-        lines.append(f"{name[:19]:<20}{'-' if acc is None else f'{100 * acc:.1f}%'}")
+        lines.append(f"{name[:19]:<20}{'-' if acc is None else f'{acc:.1f}%'}")
     return "\n".join(lines)
 
 
 __all__ = ["evaluate", "evaluate_checkpoint", "format_table", "metrics_from_logits",
-           "save_confusion_png"]
+           "read_eval_json", "save_confusion_png"]

@@ -124,13 +124,21 @@ def resolve_device(device: Any = "auto") -> Any:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
-                     repeats: int = 20, clock: str = "wall") -> dict[str, float]:
-    """Median seconds per call of each function, timed in turns (A B C A B C ...), so that
-    every candidate sees the same machine state. CUDA work is waited for after each call.
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
-    `clock`: "wall" (perf_counter) or "cpu" (this process's CPU time, which leaves out the
-    time spent waiting for a core on a shared machine)."""
+
+def time_interleaved_samples(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
+                             repeats: int = 20, clock: str = "wall") -> dict[str, list[float]]:
+    """Seconds of each call of each function, timed in turns (A B C A B C ...), so that
+    every candidate sees the same machine state; `repeats` samples per function, after
+    `warmup` untimed rounds. CUDA work is waited for after each call. `clock`: "wall"
+    (perf_counter) or "cpu" (this process's CPU time, which leaves out the time spent
+    waiting for a core on a shared machine)."""
     import torch
 
     if clock not in CLOCKS:
@@ -152,8 +160,26 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
             fn()
             sync()
             times[name].append(now() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
-__all__ = ["MAX_IMAGE_SIZE", "atomic_write", "atomic_write_json", "check_image_size", "closest",
-           "resolve_device", "time_interleaved"]
+def median_iqr(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of `samples` (one sample: itself thrice)."""
+    if not samples:
+        raise ValueError("median_iqr: no samples")
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return statistics.median(samples), q1, q3
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
+                     repeats: int = 20, clock: str = "wall") -> dict[str, float]:
+    """Median seconds per call of each function (`time_interleaved_samples`)."""
+    samples = time_interleaved_samples(fns, warmup=warmup, repeats=repeats, clock=clock)
+    return {name: statistics.median(t) for name, t in samples.items()}
+
+
+__all__ = ["CLOCKS", "MAX_IMAGE_SIZE", "atomic_write", "atomic_write_json", "check_image_size",
+           "closest", "median_iqr", "resolve_device", "time_interleaved",
+           "time_interleaved_samples", "usable_cores"]

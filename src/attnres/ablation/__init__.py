@@ -2,6 +2,7 @@
 
     grid.py     presets (`modules`, `placements`) and .toml grids; what each one runs
     run.py      `ablate`: train the missing runs, keep their small files, measure costs
+    demo.py     `demo`: the small real ablation of `attnres demo` / `make demo`
     results.py  results folders: finished runs, recipes compared, real placement labels
     stats.py    mean, sample std, Student-t intervals, paired differences and t-tests
     costs.py    params, FLOPs, latency, training speed and memory, measured in one process
@@ -16,7 +17,8 @@ from __future__ import annotations
 from .costs import hardware, measure_costs
 from .grid import Grid, list_grid_presets, load_grid, preset_configs
 from .results import Reuse, find_runs, parse_reuse, placement_label, recipe_differences
-from .run import DEMO_EPOCHS, DEMO_GRID, ablate, demo
+from .demo import DEMO_EPOCHS, DEMO_GRID, demo
+from .run import ablate
 from .stats import Estimate, PairedDifference, estimate, paired_difference
 from .tables import (CSV_COLUMNS, build_rows, format_block, format_table, report,
                      update_markdown)

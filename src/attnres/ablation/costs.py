@@ -2,12 +2,14 @@
 
 `measure_costs` builds every configuration's network (fresh weights: cost does not depend
 on their values) and measures, in turns A B C A B C ... so that every configuration sees
-the same machine state, the median of: batch-1 inference latency, and the time of one SGD
-training step (forward, cross-entropy, backward, step, with the run's autocast and memory
-layout) at the run's batch size; then each network's peak tensor memory during one step
-(`attnres.analysis.bench.peak_step_memory`), its parameters and its FLOPs. The machine and
-its thread count are recorded with the figures: ratios between rows of one file are what
-can be compared, absolute numbers only on the same machine.
+the same machine state, the median and interquartile range of: batch-1 inference latency,
+and the time of one SGD training step (forward, cross-entropy, backward, step, with the
+run's autocast and memory layout) at the run's batch size; then each network's peak tensor
+memory during one step (`attnres.analysis.bench.peak_step_memory`: the allocator's peak
+above what was allocated before the step, after the timed steps, so every row is measured
+the same way whatever its order), its parameters and its FLOPs. The machine and its thread
+count are recorded with the figures: ratios between rows of one file are what can be
+compared, absolute numbers only on the same machine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 COSTS_FORMAT = "attnres-costs/1"
+MEMORY_STEPS = 2  # training steps whose allocator peak is taken, the largest reported
 
 
 def hardware() -> dict[str, Any]:
@@ -103,26 +106,58 @@ def _infer(model: nn.Module, image_size: int, device: torch.device) -> Callable[
     return run
 
 
+def _median_iqr(samples: list[float], scale: float) -> tuple[float, list[float]]:
+    """(median, [first quartile, third quartile]) of `samples`, times `scale`."""
+    from ..utils import median_iqr
+
+    median, q1, q3 = median_iqr(samples)
+    return median * scale, [q1 * scale, q3 * scale]
+
+
+def _methods(repeats: int, train_repeats: int, warmup: int) -> dict[str, str]:
+    """How each figure of `measure_costs` is measured, in words (stored beside them)."""
+    from ..analysis.profile import FLOP_COUNTER
+
+    return {
+        "latency": f"batch 1, eval mode, inference_mode, fp32; median (and interquartile "
+                   f"range) of {repeats} runs interleaved across the networks, after "
+                   f"{warmup} untimed rounds",
+        "train": f"one SGD step (forward with the run's autocast, cross-entropy, "
+                 f"backward, step) at the run's batch size; median (and interquartile "
+                 f"range) of {train_repeats} steps interleaved across the networks",
+        "memory": f"the allocator's peak during one training step above what was "
+                  f"allocated before it (the largest of {MEMORY_STEPS} steps after one "
+                  f"unrecorded), each network measured alone after its timed steps "
+                  f"(torch.cuda.max_memory_allocated on CUDA, the allocator's records "
+                  f"through torch.profiler on CPU): tensors only, not the process's "
+                  f"resident memory",
+        "flops": FLOP_COUNTER,
+    }
+
+
 def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
                   num_classes: int, batch_size: int | None = None, device: str = "cpu",
-                  threads: int | None = None, repeats: int = 20, train_repeats: int = 8,
+                  threads: int | None = None, repeats: int = 30, train_repeats: int = 8,
                   warmup: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Costs of each configuration (name -> TrainConfig dict), measured in this process.
 
     Inputs are `(B, 3, image_size, image_size)`; B is 1 for latency and `batch_size`
     (default: each configuration's own `batch_size`, else 128) for training. Returns a
     JSON-able dict: the machine, thread count, settings and methods, and per configuration
-    params, flops, latency_ms, train_step_ms, train_images_per_s and peak_train_mem_mb.
+    params, flops, latency_ms and train_step_ms (medians) with latency_ms_iqr and
+    train_step_ms_iqr ([q1, q3] of the repeats), train_images_per_s and peak_train_mem_mb.
+    `repeats` and `train_repeats` are at least 3: a latency is never one sample.
     """
-    from ..analysis.bench import peak_step_memory, time_interleaved
-    from ..analysis.profile import FLOP_COUNTER, count_flops, count_params
+    from ..analysis.bench import peak_step_memory
+    from ..utils import time_interleaved_samples
+    from ..analysis.profile import count_flops, count_params
     from ..utils import resolve_device
 
     if not configs:
         raise ValueError("measure_costs: no configurations given")
-    if repeats < 1 or train_repeats < 1 or warmup < 0:
+    if repeats < 3 or train_repeats < 3 or warmup < 0:
         raise ValueError(f"repeats={repeats}, train_repeats={train_repeats}, warmup={warmup}: "
-                         f"repeats must be >= 1 and warmup >= 0")
+                         f"repeats must be >= 3 (a median and its spread) and warmup >= 0")
     dev = resolve_device(device)
     sizes = {name: int(batch_size or s.get("batch_size") or 128) for name, s in configs.items()}
     with _threads(threads):
@@ -135,18 +170,25 @@ def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
         log(f"timing batch-1 inference of {len(models)} networks on {dev}, interleaved")
         for model in models.values():
             model.to(dev).eval()
-        latency = time_interleaved({n: _infer(m, image_size, dev) for n, m in models.items()},
-                                   warmup=warmup, repeats=repeats)
+        latency = time_interleaved_samples(
+            {n: _infer(m, image_size, dev) for n, m in models.items()}, warmup=warmup,
+            repeats=repeats)
         log(f"timing training steps of {len(models)} networks on {dev}, interleaved")
         steps = {n: _train_step(m, configs[n], sizes[n], image_size, num_classes, dev)
                  for n, m in models.items()}
-        train = time_interleaved(steps, warmup=warmup, repeats=train_repeats)
+        train = time_interleaved_samples(steps, warmup=warmup, repeats=train_repeats)
         for name, step in steps.items():
-            peak = peak_step_memory(step, dev)
+            # on CPU the first profiled step misses the frees of tensors allocated before
+            # profiling began (the last step's gradients) and so over-counts: measure after
+            # one such step, and report the largest of the next MEMORY_STEPS
+            peaks = [peak_step_memory(step, dev) for _ in range(MEMORY_STEPS + 1)][1:]
+            peak = None if None in peaks else max(peaks)
+            latency_ms, latency_iqr = _median_iqr(latency[name], 1e3)
+            step_ms, step_iqr = _median_iqr(train[name], 1e3)
             rows[name].update({
-                "latency_ms": latency[name] * 1e3,
-                "train_step_ms": train[name] * 1e3,
-                "train_images_per_s": sizes[name] / train[name],
+                "latency_ms": latency_ms, "latency_ms_iqr": latency_iqr,
+                "train_step_ms": step_ms, "train_step_ms_iqr": step_iqr,
+                "train_images_per_s": sizes[name] / (step_ms / 1e3),
                 "peak_train_mem_mb": peak / 2**20 if peak is not None else None,
             })
         thread_count = torch.get_num_threads()
@@ -158,17 +200,7 @@ def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
         "image_size": image_size,
         "num_classes": num_classes,
         "train_batch_size": sorted(set(sizes.values())),
-        "method": {
-            "latency": f"batch 1, eval mode, inference_mode, fp32; median of {repeats} runs "
-                       f"interleaved across the networks",
-            "train": f"one SGD step (forward with the run's autocast, cross-entropy, "
-                     f"backward, step) at the run's batch size; median of {train_repeats} "
-                     f"steps interleaved across the networks",
-            "memory": "peak tensor memory during one training step above what was "
-                      "allocated before it (torch.cuda.max_memory_allocated on CUDA, the "
-                      "allocator's records through torch.profiler on CPU)",
-            "flops": FLOP_COUNTER,
-        },
+        "method": _methods(repeats, train_repeats, warmup),
         "configs": rows,
     }
 

@@ -20,24 +20,26 @@ def _dodge(xs: list[float]) -> list[float]:
     return out
 
 
-def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> bool:
-    """Draw `tables.build_rows` rows to the PNG `path`; False (nothing written) for no rows.
+def draw_rows(rows: list[dict[str, Any]]) -> Any:
+    """The plot of `tables.build_rows` rows as a matplotlib Figure, or None (no rows, or no
+    cost to put on the x axis).
 
-    Names are in a legend beside the axes, never on the points, so they cannot overlap.
+    Names are in a legend beside the axes, one entry per row, never on the points, so they
+    cannot overlap each other or the data; the figure grows with the number of rows.
     """
     if not rows:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        return None
+    # A bare Figure renders with Agg whatever pyplot backend the caller has chosen.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     by_latency = all(r["latency_ratio"] is not None for r in rows)
     if not by_latency and any(r["params"] is None for r in rows):
-        return False
+        return None
     base = rows[0]["baseline"]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    colors = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(8, max(4.5, 1.2 + 0.32 * len(rows))), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    colors = colormaps["tab10"].colors
     markers = "osD^vP*Xhp"
     xs = _dodge([r["latency_ratio"] if by_latency else r["params"] / 1e3 for r in rows])
     span = (max(xs) - min(xs)) or 1.0
@@ -59,14 +61,20 @@ def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> bool:
     ax.set_ylabel("val top-1 %, last epoch")
     ax.set_title("per-seed runs (small), mean with 95% t interval (large)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
-              borderaxespad=0.0)
-    fig.tight_layout()
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return fig
+
+
+def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> bool:
+    """Draw `tables.build_rows` rows (`draw_rows`) to the PNG `path`; False (nothing
+    written) when there is nothing to draw."""
+    fig = draw_rows(rows)
+    if fig is None:
+        return False
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
     atomic_write(path, buffer.getvalue())
     return True
 
 
-__all__ = ["plot_rows"]
+__all__ = ["draw_rows", "plot_rows"]

@@ -161,23 +161,26 @@ def placement_label(settings: dict[str, Any]) -> str:
     return f"{settings['attention']} @ {' + '.join(parts)}"
 
 
-def config_label(name: str, settings: dict[str, Any]) -> str:
-    """The row name: `name`, or for a configuration named after a placement preset, every
-    preset that is the same placement on this network ("progressive = selective
-    (3 stages)": on 3 stages both put attention in stages 2 and 3)."""
+def config_label(name: str, settings: dict[str, Any], same_as: Sequence[str] = ()) -> str:
+    """The row name: `name`, joined by the configurations of its grid that resolved to the
+    same run (`same_as`, see `grid.dedupe`; "cbam-a = cbam-b"), and for a configuration
+    named after a placement preset, by every preset that is the same placement on this
+    network ("progressive = selective (3 stages)": on 3 stages both put attention in
+    stages 2 and 3)."""
     from ..models import list_presets
     from ..models.build import arch_spec
 
+    names = [name, *(n for n in same_as if n != name)]
     if name not in list_presets() or not settings.get("attention"):
-        return name
+        return " = ".join(names)
     plan = placement_plan(settings)
-    same = [p for p in list_presets() if p != name
-            and placement_plan({**settings, "placement": "block", "stages": None,
-                                "blocks": None, "preset": p}) == plan]
-    if not same:
+    presets = [p for p in list_presets() if p not in names
+               and placement_plan({**settings, "placement": "block", "stages": None,
+                                   "blocks": None, "preset": p}) == plan]
+    if not presets and len(names) == 1:
         return name
     stages = len(arch_spec(settings.get("arch", "resnet20")).layers)
-    return f"{' = '.join([name, *same])} ({stages} stages)"
+    return f"{' = '.join([*names, *presets])} ({stages} stages)"
 
 
 def read_run(folder: Path) -> Run | None:

@@ -29,7 +29,7 @@ from ..utils import atomic_write, atomic_write_json, closest
 from .costs import measure_costs
 from .grid import Grid, check_names, dedupe, load_grid, run_settings
 from .results import Reuse, copy_run, finished, parse_reuse, read_run, recipe_differences
-from .tables import report
+from .tables import MERGED_FILE, report
 
 
 def _trainer() -> ModuleType:
@@ -50,10 +50,11 @@ def _check_data(spec: str) -> None:
 
 def _plan(grid: Grid, seeds: list[int], common: dict[str, Any], out: Path,
           log: Callable[[str], None], recipe: str | None = None
-          ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+          ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], dict[str, list[str]]]:
     """(name, explicit settings, full TrainConfig dict) per configuration to run, checked
-    before anything is trained; duplicates of an earlier configuration are dropped. A
-    `recipe` is the bottom layer, under the grid's values and `common` (as in train)."""
+    before anything is trained; duplicates of an earlier configuration are dropped and
+    returned apart: {kept name: [the names it stands for]}. A `recipe` is the bottom
+    layer, under the grid's values and `common` (as in train)."""
     trainer = _trainer()
     fields = {f.name for f in dataclasses.fields(trainer.TrainConfig)}
     plans, explicit = [], {}
@@ -72,7 +73,8 @@ def _plan(grid: Grid, seeds: list[int], common: dict[str, Any], out: Path,
         if others:
             log(f"{', '.join(others)}: the same run as {name} on {plans[0][1]['arch']}; "
                 f"trained once, as {name}")
-    return [(name, explicit[name], full) for name, full in kept]
+    return [(name, explicit[name], full) for name, full in kept], {
+        name: others for name, others in merged.items() if others}
 
 
 def _refuse_changed(folder: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -162,7 +164,6 @@ def _costs(plans: list[tuple[str, dict[str, Any], dict[str, Any]]], seeds: list[
 def _data_facts(plans: list[tuple[str, dict[str, Any], dict[str, Any]]], seeds: list[int],
                 out: Path) -> tuple[int, int]:
     """(num_classes, image_size) of the grid's data: from a checkpoint when there is one."""
-    trainer = _trainer()
     for name, _, _ in plans:
         for seed in seeds:
             for file in ("last.pt", "best.pt"):
@@ -191,7 +192,7 @@ def _open_data(settings: dict[str, Any]) -> Any:
 def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
            results: str | Path | None = None, reuse: Sequence[str | Reuse] = (),
            seeds: Sequence[int] | None = None, data: str | None = None,
-           arch: str | None = None, epochs: int | None = None,
+           arch: str | None = None, epochs: float | None = None,
            batch_size: int | None = None, overrides: dict[str, Any] | None = None,
            baseline: str | None = None, latency: bool = True, explain_maps: bool = True,
            recipe: str | None = None, log: Callable[[str], None] = print
@@ -224,7 +225,7 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     out = Path(out)
     results = Path(results) if results is not None else out
     reuse = [parse_reuse(r) if isinstance(r, str) else r for r in reuse]
-    plans = _plan(grid, seeds, common, out, log, recipe)
+    plans, merged = _plan(grid, seeds, common, out, log, recipe)
     names = [name for name, _, _ in plans]
     reused = {dst: (item, src) for item in reuse for src, dst in item.names.items()}
     for dst in reused:
@@ -234,6 +235,8 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     todo = _todo(plans, seeds, out, results, reused, log)
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
+    if merged or (results / MERGED_FILE).is_file():  # the report labels the rows with them
+        atomic_write_json(results / MERGED_FILE, merged)
     _train_missing(plans, todo, out, results, log)
 
     if latency:
@@ -265,9 +268,10 @@ def _explain(out: Path, results: Path, names: list[str], seed: int, settings: di
     try:
         from ..analysis.explain import explain
 
-        images = _sample_images(settings)
+        images, labels = _sample_images(settings)
         log(f"explaining {len(checkpoints)} models on {len(images)} validation images")
-        explain([str(c) for c in checkpoints], images=images, out=str(out / "explain"))
+        explain([str(c) for c in checkpoints], images=images, labels=labels,
+                out=str(out / "explain"))
         atomic_write(results / "explain_grid.png", (out / "explain" / "grid.png").read_bytes())
         error.unlink(missing_ok=True)
     except Exception as e:  # the table must survive a broken explanation
@@ -275,36 +279,21 @@ def _explain(out: Path, results: Path, names: list[str], seed: int, settings: di
         atomic_write(error, traceback.format_exc())
 
 
-def _sample_images(settings: dict[str, Any], count: int = 4) -> list[np.ndarray]:
+def _sample_images(settings: dict[str, Any], count: int = 4
+                   ) -> tuple[list[np.ndarray], list[str]]:
     """The first validation image of each of the first `count` classes, `(H, W, 3)` uint8
-    (streamed data: decoded at full resolution)."""
-    from ..data.stream import decode_full
+    (streamed data: decoded at full resolution), and their class names."""
+    from ..data.decode import decode_full
 
     data = _open_data(settings)
     labels = data.val.labels.tolist()
+    classes = [c for c in range(min(count, data.num_classes)) if c in labels]
     if settings.get("loader") == "stream":
-        return [decode_full(data.val.read(labels.index(cls))).permute(1, 2, 0).numpy()
-                for cls in range(min(count, data.num_classes)) if cls in labels]
-    return [data.val.images[labels.index(cls)].permute(1, 2, 0).numpy()
-            for cls in range(min(count, data.num_classes)) if cls in labels]
+        images = [decode_full(data.val.read(labels.index(c))).permute(1, 2, 0).numpy()
+                  for c in classes]
+    else:
+        images = [data.val.images[labels.index(c)].permute(1, 2, 0).numpy() for c in classes]
+    return images, [data.classes[c] for c in classes]
 
 
-# About 60 CPU-seconds per configuration on one core (measured, see docs/RESULTS.md).
-DEMO_EPOCHS = 12
-DEMO_GRID = Grid(name="demo", configs=[{"name": "baseline", "attention": None},
-                                       {"name": "se", "attention": "se"},
-                                       {"name": "cbam", "attention": "cbam"}],
-                 # digits are 8x8 originals: 16 px keeps all their detail at 1/4 the cost
-                 defaults={"arch": "resnet20", "data": "digits", "image_size": 16})
-
-
-def demo(out: str | Path = "runs/demo", epochs: int | None = None,
-         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """resnet20 without attention, with SE and with CBAM on digits, seed 0; see `ablate`."""
-    epochs = DEMO_EPOCHS if epochs is None else epochs
-    if epochs < 1:
-        raise ValueError(f"epochs={epochs}: must be at least 1")
-    return ablate(DEMO_GRID, out=out, seeds=[0], epochs=epochs, log=log)
-
-
-__all__ = ["DEMO_EPOCHS", "DEMO_GRID", "ablate", "demo"]
+__all__ = ["ablate"]

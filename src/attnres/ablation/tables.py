@@ -21,15 +21,18 @@ from typing import Any
 from ..utils import atomic_write, closest
 from .results import (Reuse, Run, collect_runs, config_label, parse_reuse, placement_label,
                       run_identity)
+from .notes import costs_line, setup_line, value_text
 from .stats import estimate, paired_difference
 
+MERGED_FILE = "merged.json"  # grid configurations that resolved to the same run as a row
 BEGIN_MARK = "<!-- attnres-report:{name} -->"
 END_MARK = "<!-- /attnres-report -->"
 CSV_COLUMNS = [
     "config", "label", "placement", "seeds", "n", "top1_mean", "top1_std", "top1_ci_low",
     "top1_ci_high", "top1_per_seed", "top5_mean", "top5_std", "top5_ci_low", "top5_ci_high",
     "diff_mean", "diff_ci_low", "diff_ci_high", "diff_p", "diff_pairs", "diff_significant",
-    "params", "flops", "latency_ms", "latency_ratio", "train_images_per_s",
+    "params", "flops", "latency_ms", "latency_ms_q1", "latency_ms_q3", "latency_ratio",
+    "train_images_per_s",
     "train_speed_ratio", "peak_train_mem_mb", "baseline",
 ]
 # Recipe fields named in the report's recipe line, in this order (when present).
@@ -64,9 +67,11 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def build_rows(table: dict[str, list[Run]], baseline: str,
-               costs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+               costs: dict[str, Any] | None = None,
+               merged: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """One row per configuration (the baseline first, then by name): statistics of the
-    last epoch's top-1 / top-5 over seeds, the paired difference to `baseline`, and costs."""
+    last epoch's top-1 / top-5 over seeds, the paired difference to `baseline`, and costs.
+    `merged`: per row, the grid's configurations trained as that row (MERGED_FILE)."""
     if baseline not in table:
         raise ValueError(f"baseline {baseline!r} is not a row{closest(baseline, sorted(table))}"
                          f"; rows: {', '.join(sorted(table))}")
@@ -86,17 +91,22 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
         cost = measured.get(name, {})
         params = runs[0].summary.get("params", cost.get("params"))
         rows.append({
-            "config": name, "label": config_label(name, runs[0].settings),
+            "config": name,
+            "label": config_label(name, runs[0].settings, (merged or {}).get(name, ())),
             "placement": placement_label(runs[0].settings), "seeds": sorted(top1),
             "n": t1.n, "top1": t1, "top5": t5, "diff": diff, "top1_per_seed": top1,
             "params": int(params) if params is not None else None,
             "flops": cost.get("flops"), "latency_ms": cost.get("latency_ms"),
+            "latency_ms_q1": (cost.get("latency_ms_iqr") or [None, None])[0],
+            "latency_ms_q3": (cost.get("latency_ms_iqr") or [None, None])[1],
             "latency_ratio": _ratio(cost.get("latency_ms"), base_cost.get("latency_ms")),
             "train_images_per_s": cost.get("train_images_per_s"),
             "train_speed_ratio": _ratio(cost.get("train_images_per_s"),
                                         base_cost.get("train_images_per_s")),
             "peak_train_mem_mb": cost.get("peak_train_mem_mb"),
             "baseline": baseline, "settings": runs[0].settings,
+            "train_threads": sorted({r.summary["threads"] for r in runs
+                                     if r.summary.get("threads") is not None}),
         })
     return rows
 
@@ -118,7 +128,8 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
         "diff_ci_high": d.ci_high if d else None, "diff_p": diff.p if diff else None,
         "diff_pairs": len(diff.seeds) if diff else None,
         "diff_significant": diff.significant if diff else None,
-        **{k: row[k] for k in ("params", "flops", "latency_ms", "latency_ratio",
+        **{k: row[k] for k in ("params", "flops", "latency_ms", "latency_ms_q1",
+                               "latency_ms_q3", "latency_ratio",
                                "train_images_per_s", "train_speed_ratio",
                                "peak_train_mem_mb", "baseline")},
     }
@@ -161,10 +172,18 @@ def _cells(row: dict[str, Any]) -> list[str]:
         num(row["flops"] / 1e6 if row["flops"] is not None else None, ".2f"),
         (f"{row['train_speed_ratio']:.2f} ({row['train_images_per_s']:.0f}/s)"
          if row["train_speed_ratio"] is not None else "-"),
-        (f"{row['latency_ratio']:.2f} ({row['latency_ms']:.2f} ms)"
-         if row["latency_ratio"] is not None else "-"),
+        _latency(row),
         num(row["peak_train_mem_mb"], ".1f"),
     ]
+
+
+def _latency(row: dict[str, Any]) -> str:
+    """"1.05 (2.31 ms, IQR 2.25-2.40)": the ratio of medians, the median and its spread."""
+    if row["latency_ratio"] is None:
+        return "-"
+    spread = (f", IQR {row['latency_ms_q1']:.2f}-{row['latency_ms_q3']:.2f}"
+              if row.get("latency_ms_q1") is not None else "")
+    return f"{row['latency_ratio']:.2f} ({row['latency_ms']:.2f} ms{spread})"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -180,39 +199,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
 def _recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
     identities = [run_identity(r["settings"]) for r in rows]
     keys = [k for k in identities[0] if k not in _MODEL_FIELDS]
     common = [k for k in keys if all(i.get(k) == identities[0][k] for i in identities)]
-    shown = [f"{k} {_value(identities[0][k])}" for k in RECIPE_SHOWN
+    shown = [f"{k} {value_text(identities[0][k])}" for k in RECIPE_SHOWN
              if k in common and identities[0][k] is not None]
     lines = [f"Recipe of every row: {', '.join(shown)}."]
     varying = [k for k in keys if k not in common]
     if varying:
         lines.append("Rows differ in: " + "; ".join(
-            f"{k} (" + ", ".join(f"{r['config']} {_value(i.get(k))}"
+            f"{k} (" + ", ".join(f"{r['config']} {value_text(i.get(k))}"
                                  for r, i in zip(rows, identities)) + ")" for k in varying)
                      + ".")
     return lines
-
-
-def _costs_line(costs: dict[str, Any] | None, base: str) -> str:
-    if not costs:
-        return "Costs: not measured (no costs JSON); params from the runs' summaries."
-    m = costs.get("machine", {})
-    where = m.get("cpu", "?") + (f", GPU {m['gpu']}" if m.get("gpu") else "")
-    sizes = ", ".join(map(str, costs.get("train_batch_size", [])))
-    method = costs.get("method", {})
-    return (f"Costs, measured in one process on {where} ({m.get('cpu_cores', '?')} cores, "
-            f"torch threads {costs.get('threads', '?')}, device {costs.get('device', '?')}, "
-            f"torch {m.get('torch', '?')}), inputs {costs.get('image_size')} px, ratios to "
-            f"`{base}`: train img/s of an SGD step at batch {sizes} and batch-1 inference "
-            f"latency, medians of interleaved runs; peak train MB: {method.get('memory', '?')}"
-            f". FLOPs: {method.get('flops', '?')}.")
 
 
 def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None,
@@ -226,7 +226,7 @@ def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None
              f"`{base}` paired by seed (the same seeds), its 95% t interval and the paired "
              "t-test p (scipy.stats.ttest_rel); * marks a Δ whose interval excludes 0 "
              "(p < 0.05). n/a: one seed or pair (no spread), or zero spread.",
-             "", *_recipe_lines(rows), "", _costs_line(costs, base)]
+             "", *_recipe_lines(rows), "", costs_line(costs, base)]
     lines += [item for note in notes for item in ("", note)]
     if image:
         lines += ["", f"![top-1 per seed and 95% CI against cost]({image})"]
@@ -267,6 +267,16 @@ def update_markdown(path: str | Path, name: str, block: str) -> bool:
         return False
     atomic_write(path, new)
     return True
+
+
+def read_merged(results: Path) -> dict[str, list[str]]:
+    """`results/merged.json` (written by `ablate`): row -> configurations trained as it."""
+    try:
+        return dict(json.loads((results / MERGED_FILE).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{results / MERGED_FILE} is not a JSON object: {e}") from None
 
 
 def load_costs(path: str | Path | None) -> dict[str, Any] | None:
@@ -311,7 +321,8 @@ def report(results: str | Path, *, out: str | Path | None = None,
     if costs is None and (results / "costs.json").is_file():
         costs = results / "costs.json"
     costs = costs if isinstance(costs, dict) or costs is None else load_costs(costs)
-    rows = build_rows(table, baseline or default_baseline(table), costs)
+    rows = build_rows(table, baseline or default_baseline(table), costs,
+                      read_merged(results))
     out = Path(out) if out is not None else results / "results.md"
     png = out.with_suffix(".png")
     plotted = plot and plot_rows(rows, png)
@@ -334,7 +345,7 @@ def report(results: str | Path, *, out: str | Path | None = None,
     body = format_block(rows, costs, [*notes, *extra],
                         _link(png, out.parent) if plotted else None)
     title = name or results.resolve().name
-    atomic_write(out, f"# Results `{title}`\n\n{body}")
+    atomic_write(out, f"# Results `{title}`\n\n{setup_line(rows, costs)}\n\n{body}")
     atomic_write(out.with_suffix(".csv"), _csv(rows))
     if update is not None:
         update = Path(update)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,16 @@ from PIL import Image
 from torch import nn
 
 from ..attention import attention_spec, closest
+from ..utils import atomic_write
 from .attention_maps import attention_map, spatial_gates
+from .explain_plot import (DISPLAY_SIZE, cam_title, center_square, draw_grid, gate_title,
+                           overlay, resize_map, save_png)
 
 # Photographs that ship with scikit-image, so `attnres explain` runs offline.
 SAMPLE_IMAGES = ("chelsea", "astronaut", "coffee", "rocket")
 # Used for models without `preprocessing` (plain modules, not loaded by `load_model`).
 DEFAULT_PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                          "image_size": 224, "classes": None}
-DISPLAY_SIZE = 160  # pixels per grid cell: small inputs (32 px) are shown enlarged
 
 
 # -- images -------------------------------------------------------------------------------
@@ -85,27 +86,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"image {str(path)!r} could not be read as an image: {e}") from None
 
 
-def center_square(image: np.ndarray, size: int) -> np.ndarray:
-    """The largest centred square of `(H, W, 3)` uint8 `image`, resized to `(size, size, 3)`."""
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
-    return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
-
-
-def resize_map(values: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of a 2-D float map to `(size, size)`."""
-    img = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
-
-
-def _named_images(images: Sequence[Any] | None, data: str | None,
-                  num_images: int) -> list[tuple[str, np.ndarray]]:
+def _named_images(images: Sequence[Any] | None, data: str | None, num_images: int,
+                  labels: Sequence[str | None] | None
+                  ) -> list[tuple[str, np.ndarray, str | None]]:
+    """`(name, (H, W, 3) uint8, true class or None)` per image to explain."""
     if data is not None:
-        if images is not None:
-            raise ValueError("give images or data, not both")
-        return dataset_images(data, num_images)
+        if images is not None or labels is not None:
+            raise ValueError("give images (and labels) or data, not both")
+        # dataset_images names them <true class>-val<index>
+        return [(name, image, name.rsplit("-val", 1)[0])
+                for name, image in dataset_images(data, num_images)]
+    named = _given_images(images)
+    if labels is not None and len(labels) != len(named):
+        raise ValueError(f"labels: {len(labels)} given for {len(named)} images; give one "
+                         f"per image (None where unknown)")
+    return [(name, image, None if labels is None or labels[i] is None else str(labels[i]))
+            for i, (name, image) in enumerate(named)]
+
+
+def _given_images(images: Sequence[Any] | None) -> list[tuple[str, np.ndarray]]:
     if images is None:
         return sample_images()
     if not images:
@@ -258,45 +257,12 @@ def map_stats(values: np.ndarray) -> dict[str, Any]:
             "centre_yx": centre, "entropy": entropy}
 
 
-# -- drawing ------------------------------------------------------------------------------
-def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """`heat` (H, W) in [0, 1] as a jet heat map blended over `image` (H, W, 3) uint8."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    return show_cam_on_image(image.astype(np.float32) / 255, heat.astype(np.float32),
-                             use_rgb=True, image_weight=0.5)
-
-
-def _normalise(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(values.min()), float(values.max())
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then move the file into place, so readers never see half.
-    The temporary file is created by `write` itself, so it gets the usual permissions."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    _atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 # -- the whole thing ----------------------------------------------------------------------
 def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequence[Any] | None
             = None, layer: str | None = None, attention_module: str | None = None, *,
             out: str | os.PathLike = "explain", image_size: int | None = None,
             data: str | None = None, num_images: int = 4,
+            labels: Sequence[str | None] | None = None,
             device: str | torch.device | None = None) -> dict[str, Any]:
     """Grad-CAM (and spatial attention maps) of every image under every model.
 
@@ -314,16 +280,20 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
         out: output folder (created).
         image_size: model input size; None: each model's `preprocessing["image_size"]`.
         data, num_images: instead of `images`, the first `num_images` validation images of
-            this data set (a `load_dataset` spec such as "digits"), one class after another.
+            this data set (a `load_dataset` spec such as "digits"), one class after another;
+            their true classes are known.
+        labels: the true class name of each of `images` (None where unknown), shown in the
+            titles next to the predicted class.
         device: None: CUDA when available, else CPU.
 
     Each image is centre-cropped to a square and resized to the input size; the maps are
-    drawn on the same crop. Returns the content of `explain.json`.
+    drawn on the same crop, on one fixed 0-1 colour scale (`explain_plot`). Returns the
+    content of `explain.json`.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise ValueError(f"image_size={image_size!r}: must be an integer >= 8")
-    named_images = _named_images(images, data, num_images)
+    named_images = _named_images(images, data, num_images, labels)
     models = _named_models(checkpoints, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,51 +303,59 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
     # cells[image index] = list of (title, RGB array) after the image itself
     cells: list[list[tuple[str, np.ndarray]]] = [[] for _ in named_images]
     for label, ckpt, model in models:
-        prep = {**DEFAULT_PREPROCESSING, **(getattr(model, "preprocessing", None) or {})}
-        size = image_size or int(prep["image_size"])
-        layer_name, target = resolve_layer(model, layer)
-        attn_name = spatial_attention_module(model, layer_name, attention_module)
-        attn_title = None if attn_name is None else _map_title(model, attn_name)
-        model_info.append({"name": label, "checkpoint": ckpt, "layer": layer_name,
-                           "attention_module": attn_name, "image_size": size})
+        info, records = _explain_model(label, model, named_images, cells, out, layer,
+                                       attention_module, image_size, device)
+        model_info.append({"name": label, "checkpoint": ckpt, **info})
+        results += records
 
-        crops = np.stack([center_square(img, size) for _, img in named_images])
-        mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        x = ((torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - mean) / std)
-        x = x.to(device)
-        probs, attention = _predict(model, x, attn_name)
-        prob, pred = probs.max(dim=1)
-        classes = prep["classes"] or [str(i) for i in range(probs.shape[1])]
-        cams = grad_cam(model, target, x, pred.tolist())  # (N, size, size)
-
-        for i, (img_name, _) in enumerate(named_images):
-            cls = classes[int(pred[i])] if int(pred[i]) < len(classes) else str(int(pred[i]))
-            record = {"image": img_name, "model": label, "pred_index": int(pred[i]),
-                      "pred_class": cls, "prob": float(prob[i]),
-                      "cam": map_stats(cams[i])}
-            display = center_square(named_images[i][1], max(size, DISPLAY_SIZE))
-            side = display.shape[0]
-            cam_png = overlay(display, np.clip(resize_map(cams[i], side), 0, 1))
-            stem = f"{_safe(img_name)}__{_safe(label)}"
-            _save_png(cam_png, out / f"{stem}__cam.png")
-            cells[i].append((f"{label} Grad-CAM\n{cls} {float(prob[i]):.2f}", cam_png))
-            if attention is not None:
-                amap = attention[i, 0].numpy()
-                record["attention"] = {"module": attn_name, "map_size": list(amap.shape),
-                                       **map_stats(amap)}
-                attn_png = overlay(display, resize_map(_normalise(amap), side).clip(0, 1))
-                _save_png(attn_png, out / f"{stem}__attn.png")
-                cells[i].append((f"{label} {attn_title}\n{amap.min():.2f}-{amap.max():.2f}",
-                                 attn_png))
-            results.append(record)
-
-    summary = {"images": [name for name, _ in named_images], "models": model_info,
-               "results": results, "grid": str(out / "grid.png")}
-    _draw_grid(named_images, cells, out / "grid.png")
-    text = json.dumps(summary, indent=2)
-    _atomic_write(out / "explain.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+    drawn = draw_grid(named_images, cells, out / "grid.png")
+    summary = {"images": [name for name, _, _ in named_images], "models": model_info,
+               "results": results, "grid": str(out / "grid.png"), "titles": drawn["titles"]}
+    atomic_write(out / "explain.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _explain_model(label: str, model: nn.Module,
+                   named_images: list[tuple[str, np.ndarray, str | None]],
+                   cells: list[list[tuple[str, np.ndarray]]], out: Path, layer: str | None,
+                   attention_module: str | None, image_size: int | None,
+                   device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One model on every image: its PNGs written, its panels added to `cells`; returns
+    its entry of `models` (layer, attention module, size) and its records."""
+    prep = {**DEFAULT_PREPROCESSING, **(getattr(model, "preprocessing", None) or {})}
+    size = image_size or int(prep["image_size"])
+    layer_name, target = resolve_layer(model, layer)
+    attn_name = spatial_attention_module(model, layer_name, attention_module)
+    crops = np.stack([center_square(img, size) for _, img, _ in named_images])
+    mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    x = ((torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - mean) / std).to(device)
+    probs, attention = _predict(model, x, attn_name)
+    prob, pred = probs.max(dim=1)
+    classes = prep["classes"] or [str(i) for i in range(probs.shape[1])]
+    cams = grad_cam(model, target, x, pred.tolist())  # (N, size, size)
+
+    records = []
+    for i, (img_name, image, true) in enumerate(named_images):
+        cls = classes[int(pred[i])] if int(pred[i]) < len(classes) else str(int(pred[i]))
+        record = {"image": img_name, "model": label, "true_class": true,
+                  "pred_index": int(pred[i]), "pred_class": cls, "prob": float(prob[i]),
+                  "cam": map_stats(cams[i])}
+        display = center_square(image, max(size, DISPLAY_SIZE))
+        side = display.shape[0]
+        stem = f"{_safe(img_name)}__{_safe(label)}"
+        cam_png = overlay(display, resize_map(cams[i], side))
+        save_png(cam_png, out / f"{stem}__cam.png")
+        cells[i].append((cam_title(label, true, cls, float(prob[i])), cam_png))
+        if attention is not None:
+            amap = attention[i, 0].numpy()
+            record["attention"] = {"module": attn_name, "map_size": list(amap.shape),
+                                   **map_stats(amap)}
+            attn_png = overlay(display, resize_map(amap, side))  # fixed 0-1: not rescaled
+            save_png(attn_png, out / f"{stem}__attn.png")
+            cells[i].append((gate_title(label, _map_title(model, attn_name), amap), attn_png))
+        records.append(record)
+    return {"layer": layer_name, "attention_module": attn_name, "image_size": size}, records
 
 
 def _map_title(model: nn.Module, name: str) -> str:
@@ -386,24 +364,8 @@ def _map_title(model: nn.Module, name: str) -> str:
     return f"{attention_spec(model.get_submodule(name)).name} {name} {kinds}"
 
 
-def _draw_grid(named_images: list[tuple[str, np.ndarray]],
-               cells: list[list[tuple[str, np.ndarray]]], path: Path) -> None:
-    # A bare Figure renders with Agg whatever pyplot backend the caller has chosen.
-    from matplotlib.figure import Figure
-
-    rows, cols = len(named_images), 1 + max(len(c) for c in cells)
-    fig = Figure(figsize=(2.3 * cols, 2.6 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for r, ((name, image), row_cells) in enumerate(zip(named_images, cells)):
-        panels = [(name, center_square(image, DISPLAY_SIZE)), *row_cells]
-        for c, ax in enumerate(axes[r]):
-            ax.axis("off")
-            if c < len(panels):
-                ax.imshow(panels[c][1])
-                ax.set_title(panels[c][0], fontsize=8)
-    fig.suptitle("Grad-CAM (predicted class, probability) and spatial attention maps",
-                 fontsize=10)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 __all__ = ["SAMPLE_IMAGES", "dataset_images", "explain", "grad_cam", "map_stats", "sample_images"]

@@ -59,10 +59,11 @@ def profile_model(arch: str, attention: str | None = None, *, placement: str = "
     """Static and measured figures of `build_model(arch, attention=...)` and of the plain
     network beside it: parameters, forward FLOPs (see `FLOP_COUNTER`), activation memory of a
     training forward (`activation_bytes`) and inference latency (median of `repeats`
-    interleaved runs under `torch.inference_mode()`), for `(batch_size, 3, S, S)` inputs."""
+    interleaved runs under `torch.inference_mode()`, with their interquartile range
+    `latency_ms_iqr`), for `(batch_size, 3, S, S)` inputs."""
     from ..models import build_model
-    from ..utils import resolve_device
-    from .bench import default_image_size, time_interleaved
+    from ..utils import median_iqr, resolve_device, time_interleaved_samples
+    from .bench import default_image_size
 
     dev = resolve_device(device)
     if threads is not None:
@@ -93,10 +94,12 @@ def profile_model(arch: str, attention: str | None = None, *, placement: str = "
                 model(x)
         return run
 
-    seconds = time_interleaved({n: infer(m) for n, m in models.items()}, warmup=2,
-                               repeats=repeats)
+    seconds = time_interleaved_samples({n: infer(m) for n, m in models.items()}, warmup=2,
+                                       repeats=repeats)
     for name in models:
-        rows[name]["latency_ms"] = seconds[name] * 1e3
+        median, q1, q3 = median_iqr(seconds[name])
+        rows[name]["latency_ms"] = median * 1e3
+        rows[name]["latency_ms_iqr"] = [q1 * 1e3, q3 * 1e3]
     result: dict[str, Any] = {"arch": arch, "attention": attention, "placement": placement,
                               "input_shape": list(shape), "device": str(dev),
                               "threads": torch.get_num_threads(), "flop_counter": FLOP_COUNTER,
@@ -112,18 +115,22 @@ def format_profile(result: dict[str, Any]) -> str:
     """A text table of a `profile_model` result."""
     lines = [f"{result['arch']} + {result['attention']} ({result['placement']}), input "
              f"{tuple(result['input_shape'])}, {result['device']}, {result['threads']} threads",
-             f"{'':<12}{'params':>14}{'GFLOPs':>10}{'act. MiB':>10}{'latency ms':>12}"]
+             f"{'':<12}{'params':>14}{'GFLOPs':>10}{'act. MiB':>10}{'latency ms':>12}"
+             f"{'IQR ms':>16}"]
     for name in ("baseline", "attnres"):
         if name in result:
             r = result[name]
+            q1, q3 = r.get("latency_ms_iqr") or (r["latency_ms"], r["latency_ms"])
             lines.append(f"{name:<12}{r['params']:>14,}{r['flops'] / 1e9:>10.3f}"
-                         f"{r['activation_mb']:>10.1f}{r['latency_ms']:>12.2f}")
+                         f"{r['activation_mb']:>10.1f}{r['latency_ms']:>12.2f}"
+                         f"{f'{q1:.2f}-{q3:.2f}':>16}")
     if "overhead" in result:
         o = result["overhead"]
         lines.append(f"{'overhead':<12}" + "".join(
             f"{'' if o[k] is None else f'{100 * o[k]:+.2f}%':>{w}}"
             for k, w in (("params", 14), ("flops", 10), ("activation_mb", 10),
                          ("latency_ms", 12))))
+    lines.append("latency: median of interleaved runs; IQR: their interquartile range")
     lines.append(f"FLOPs: {result['flop_counter']}")
     lines.append("act. MiB: tensors a training forward keeps for backward (saved-tensor hooks, "
                  "each storage once, parameters excluded)")

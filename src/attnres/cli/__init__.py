@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attnres",
         description="Attention modules (CBAM, SE, ECA, BAM, SK, split attention) in "
                     "ResNet-family networks: models, training, ablations, analysis, export.")
+    from .._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"attnres {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:  # imported here so that `attnres --help` stays fast
         importlib.import_module(f"attnres.cli.{name}").add_parser(sub)

@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from .common import DefaultsFormatter, add_threads, apply_threads, number
 from .options import parse_key_values
 
 
@@ -17,12 +18,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(runs already finished under --results or --out are skipped; a "
                     "finished run with another recipe is refused), measure the costs in one "
                     "process (costs.json), then write results.md, results.csv and "
-                    "results.png (see `attnres report`).")
+                    "results.png (see `attnres report`).",
+        formatter_class=DefaultsFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", help="named grid: modules (baseline/SE/ECA/CBAM/BAM) or "
-                                        "placements (CBAM presets)")
+                                        "placements (CBAM presets); this or --grid is required")
     which.add_argument("--grid", metavar="FILE.toml", help="grid file ([defaults] and "
-                                                           "[[configs]] tables)")
+                                                           "[[configs]] tables); this or "
+                                                           "--preset is required")
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help="start every configuration from a named recipe (e.g. "
                              "imagenet-resnet, as `attnres train --recipe`); the grid's "
@@ -30,12 +33,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None,
                         help="digits (default), cifar10, cifar100, a folder or .tar(.gz)")
     parser.add_argument("--val-split", type=float, default=None,
-                        help="validation fraction in (0, 1) or number of images")
+                        help="validation fraction in (0, 1) or number of images (default: "
+                             "the data set's: 0.2 for digits, the test split for CIFAR)")
     parser.add_argument("--arch", default=None, help="architecture for every configuration "
                                                      "(default: the grid's, else resnet20)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED")
+    parser.add_argument("--epochs", type=number, default=None,
+                        help="epochs per run, a fraction allowed (default: the grid's, else "
+                             "the train default)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch size of every run (default: the grid's, else the train "
+                             "default)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="at most N optimizer steps per run (default: no limit)")
+    parser.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                        help="each run stops after the step that passes SECONDS (default: "
+                             "no limit)")
+    parser.add_argument("--subset", type=int, default=None, metavar="N",
+                        help="train on a stratified subset of N training images (default: "
+                             "all of them)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="seeds of every configuration (default: the grid's, else 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the train "
                                                        "default)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -58,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="skip measuring the costs (latency, training speed, memory)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the Grad-CAM / attention-map grid")
+    add_threads(parser)
     parser.set_defaults(func=run)
 
 
@@ -84,10 +102,14 @@ def run(args: argparse.Namespace) -> int:
         overrides["val_split"] = int(args.val_split) if args.val_split >= 1 else args.val_split
     if args.device is not None:
         overrides["device"] = args.device
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs {args.epochs}: must be at least 1")
+    for field in ("max_steps", "max_time", "subset"):
+        if getattr(args, field) is not None:
+            overrides[field] = getattr(args, field)
+    if args.epochs is not None and not args.epochs > 0:
+        raise ValueError(f"--epochs {args.epochs}: must be a positive number")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    apply_threads(args)
     ablate(args.preset or args.grid, out=args.out, results=args.results, reuse=args.reuse,
            baseline=args.baseline, seeds=args.seeds, data=args.data,
            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,

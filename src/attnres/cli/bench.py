@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .common import DefaultsFormatter, add_threads, apply_threads
 from .options import parse_key_values
 
 HELP = "time a network with attention against the plain one (and timm's), same run"
@@ -14,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help=HELP, description=HELP.capitalize() + ". The "
                               "models are timed in turns (A B C A B C ...); medians and "
                               "ratios to the baseline of the same run are reported. --suite "
-                              "runs the standard table and writes it as JSON and Markdown.")
+                              "runs the standard table and writes it as JSON and Markdown.",
+                              formatter_class=DefaultsFormatter)
     p.add_argument("--suite", action="store_true",
                    help="the standard table: ResNet-20 + each gate module training (batch "
                         "128) and ResNet-50 + CBAM inference (batch 1, 16), bf16 and fp32")
@@ -31,8 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="precision: autocast dtype or fp32; auto = bf16 on CUDA with bf16 "
                         "and on CPUs with native bf16, fp16 on other GPUs, else fp32 "
                         "(default auto; --suite runs bf16 and fp32)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--image-size", type=int, help="default 32 for CIFAR nets, else 224")
+    p.add_argument("--batch-size", type=int, default=1, help="images per timed call")
+    p.add_argument("--image-size", type=int, metavar="PX",
+                   help="side of the square input in pixels (default: 32 for CIFAR nets, "
+                        "else 224)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--mode", choices=["infer", "train"], default="infer",
                    help="infer: forward under inference_mode; train: one SGD step + peak memory")
@@ -46,8 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or the process's CPU time (CPU only: leaves out waiting "
                         "for a core on a shared machine)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    add_threads(p)
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON (default: "
+                                                  "print only)")
     p.set_defaults(func=run_bench)
 
 
@@ -60,11 +65,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--out applies to --suite; a single bench writes --json PATH")
     from ..analysis.bench import bench, format_bench
 
+    threads = apply_threads(args)
     result = bench(args.arch, args.attention, batch_size=args.batch_size,
                    image_size=args.image_size, device=args.device, mode=args.mode,
                    compare=tuple(args.compare), repeats=args.repeats or 20,
                    warmup=3 if args.warmup is None else args.warmup,
-                   channels_last=bool(args.channels_last), threads=args.threads,
+                   channels_last=bool(args.channels_last), threads=threads,
                    placement=args.placement, impl=args.impl, amp=args.amp or "auto",
                    clock=args.clock,
                    attention_kwargs=parse_key_values(args.attention_kwargs,
@@ -84,7 +90,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         raise ValueError("--suite runs bf16 and fp32 with the default (fast) modules; "
                          "drop --amp / --impl, or run a single bench")
     result = suite(device=args.device, rounds=args.repeats or 5,
-                   warmup=2 if args.warmup is None else args.warmup, threads=args.threads,
+                   warmup=2 if args.warmup is None else args.warmup, threads=apply_threads(args),
                    compare=tuple(args.compare), clock=args.clock,
                    channels_last=args.channels_last is not False)
     print(format_suite(result), end="")

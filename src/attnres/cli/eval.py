@@ -6,6 +6,7 @@ import argparse
 
 from ..training.options_spec import default_text
 from .help import show_defaults
+from .common import add_threads, apply_threads
 
 HELP = "evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix"
 
@@ -34,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="DataLoader workers when streaming (default: the run's)")
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
+    add_threads(p)
     p.set_defaults(func=run)
     show_defaults(p, {"cache_dir": default_text("cache_dir", None)})
 
@@ -41,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from attnres.evaluation import evaluate_checkpoint, format_table
 
+    apply_threads(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
     if args.workers is not None and args.workers < 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import DefaultsFormatter, add_threads, apply_threads
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from attnres.analysis.attention_maps import spatial_attention_names
@@ -15,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "--layer and, for models with an attention module that has spatial "
                     f"gates ({spatial}), the attention map of the chosen module, overlaid on "
                     "the image. Writes OUT/grid.png (rows: images, columns: models), one PNG "
-                    "per image and model, and OUT/explain.json with the numbers.")
+                    "per image and model, and OUT/explain.json with the numbers.",
+        formatter_class=DefaultsFormatter)
     parser.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
                         help="a checkpoint (or run folder) from `attnres train`; repeat to "
                              "compare models")
@@ -25,8 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, metavar="SPEC",
                         help="instead of --images: validation images of this data set "
                              "(digits, cifar10, a path), one per class in turn")
-    parser.add_argument("--num-images", type=int, default=4,
-                        help="how many --data images (default 4)")
+    parser.add_argument("--num-images", type=int, default=4, help="how many --data images")
     parser.add_argument("--layer", default=None,
                         help="Grad-CAM target module (default: the last stage, layer4 on "
                              "ImageNet ResNets, layer3 on CIFAR ResNets)")
@@ -37,12 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="model input size (default: the one the model was trained at)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--out", required=True, help="output folder")
+    add_threads(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from attnres.analysis.explain import explain
 
+    apply_threads(args)
     result = explain(args.checkpoint, args.images, layer=args.layer,
                      attention_module=args.attention_module, out=args.out,
                      image_size=args.image_size, data=args.data,

@@ -6,20 +6,26 @@ from __future__ import annotations
 import argparse
 import json
 
+from .common import DefaultsFormatter, add_threads, apply_threads
+
 HELP = "export a checkpoint as ONNX, torch.export (pt2) or int8, with accuracy and speed"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help=HELP, description=HELP.capitalize() + ". With --data, prints top-1 "
-        "and latency of fp32 PyTorch and the export on the validation split.")
+        "and latency of fp32 PyTorch and the export on the validation split.",
+        formatter_class=DefaultsFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint file or run folder written by `attnres train`")
-    p.add_argument("--format", required=True, choices=["onnx", "pt2", "int8"])
+    p.add_argument("--format", required=True, choices=["onnx", "pt2", "int8"],
+                   help="onnx (ONNX Runtime), pt2 (torch.export program) or int8 (quantized "
+                        "PyTorch)")
     p.add_argument("--out", required=True, help="file to write (.onnx, .pt2, .pt)")
     p.add_argument("--data", help="digits, cifar10, cifar100, or an ImageFolder path/archive: "
                    "validation images (and calibration images for int8); the checkpoint's own "
-                   "validation split is used when this is the data it was trained on")
+                   "validation split is used when this is the data it was trained on "
+                   "(default: none, no accuracy check; int8 then needs it)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic batch, height and width (default: on)")
@@ -28,24 +34,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="export example size (default: the "
                    "checkpoint's image size)")
     p.add_argument("--calibration-images", type=int, default=512,
-                   help="training images for int8 calibration (default 512)")
+                   help="training images for int8 calibration")
     p.add_argument("--val-images", type=int, help="validate on this many images "
                    "(default: the whole validation split)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="batch size for validation and calibration")
+    add_threads(p)  # ONNX Runtime sessions take torch's count
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from attnres.export import export_model, format_report
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     report = export_model(args.checkpoint, args.format, args.out, data=args.data,
                           opset=args.opset, dynamic=args.dynamic, exporter=args.exporter,
                           image_size=args.image_size,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import DefaultsFormatter
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from attnres.attention import list_attention
@@ -15,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        f"names ({names})",
         description="Print a table of architectures and parameter counts (plain, and with "
                     "each attention module in every residual block), then the placements, "
-                    f"presets and attention names ({names}) that build_model accepts.")
+                    f"presets and attention names ({names}) that build_model accepts.",
+        formatter_class=DefaultsFormatter)
     parser.set_defaults(func=run)
 
 

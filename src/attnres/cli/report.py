@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import DefaultsFormatter
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -11,7 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Read DIR/<config>-s<seed>/summary.json (+ config.json) of every finished "
                     "run and DIR/costs.json, and write the table (last-epoch top-1 per seed: "
                     "mean ± std, 95% t interval, paired difference to the baseline with its "
-                    "interval and t-test p, costs), the same bytes every time.")
+                    "interval and t-test p, costs), the same bytes every time.",
+        formatter_class=DefaultsFormatter)
     parser.add_argument("dir", metavar="DIR", help="results folder")
     parser.add_argument("--out", default=None, metavar="FILE.md",
                         help="Markdown file to write (default DIR/results.md); the .csv and "
@@ -24,13 +27,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reuse", action="append", default=[],
                         metavar="FOLDER:CONFIG=ROW,...",
                         help="rows from another results folder, e.g. "
-                             "docs/results/modules:baseline=none,cbam=all")
+                             "docs/results/modules:baseline=none,cbam=all (default: none; "
+                             "repeat for more)")
     parser.add_argument("--update", default=None, metavar="README.md",
                         help="also replace the block between <!-- attnres-report:NAME --> "
-                             "and <!-- /attnres-report --> in this Markdown file")
+                             "and <!-- /attnres-report --> in this Markdown file (default: "
+                             "none)")
     parser.add_argument("--name", default=None,
                         help="block and title name (default: the name of DIR)")
-    parser.add_argument("--no-plot", action="store_true", help="write no .png")
+    parser.add_argument("--no-plot", action="store_true", help="write no .png (default: "
+                                                               "write it)")
     parser.set_defaults(func=run)
 
 

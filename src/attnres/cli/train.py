@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from .help import show_train_defaults
+from .common import add_threads, apply_threads, number
 from .options import parse_key_values
 
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
@@ -79,7 +80,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--data", help="digits, cifar10, cifar100, or an ImageFolder path/archive")
     data.add_argument("--val-split", type=float, metavar="F",
                       help="fraction in (0, 1), or a number of images, held out for validation")
-    data.add_argument("--image-size", type=int, metavar="PX")
+    data.add_argument("--image-size", type=int, metavar="PX",
+                      help="side in pixels the images are resized to (default: the data "
+                           "set's own; 32 for digits and CIFAR)")
     data.add_argument("--cache-dir", help="where decoded images are cached")
     data.add_argument("--data-loader", dest="loader", choices=["auto", "memory", "stream"],
                       help="decode everything into memory, stream from disk in DataLoader "
@@ -90,11 +93,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                       help="normalisation mean (default: the training split's)")
     data.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
                       help="normalisation std (default: the training split's)")
+    data.add_argument("--subset", type=int, metavar="N",
+                      help="train on a stratified subset of N training images (drawn with "
+                           "--split-seed; validation is unchanged)")
 
 
 def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
     optim = p.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int)
+    optim.add_argument("--epochs", type=number,
+                       help="epochs; a fraction (0.1) runs that share of an epoch's steps")
     optim.add_argument("--batch-size", type=int, help="global batch (split over processes)")
     optim.add_argument("--lr", type=float, help="peak learning rate")
     optim.add_argument("--momentum", type=float)
@@ -110,6 +117,13 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
     optim.add_argument("--precise-bn", type=int, metavar="N",
                        help="after the last epoch, recompute batch-norm statistics over N "
                             "training batches")
+
+    limits = p.add_argument_group("limits (the first one reached ends the run)")
+    limits.add_argument("--max-steps", type=int, metavar="N",
+                        help="at most N optimizer steps (the schedule spans them)")
+    limits.add_argument("--max-time", type=float, metavar="SECONDS",
+                        help="stop after the step during which SECONDS of training have "
+                             "passed; checkpoints and summary.json say so")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -137,6 +151,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
     run.add_argument("--quiet", action="store_true", default=None,
                      help="no progress bar or per-epoch lines")
+    add_threads(run)
 
 def _given_values(args: argparse.Namespace) -> dict[str, Any]:
     """The options on the command line (every train option defaults to None), with the
@@ -181,5 +196,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     from attnres.training import train
 
-    train(config_from_args(args), given=options_given(args))
+    config = config_from_args(args)
+    apply_threads(args)
+    train(config, given=options_given(args))
     return 0

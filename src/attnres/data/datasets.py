@@ -24,6 +24,11 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def __repr__(self) -> str:  # the tensors' values would fill the screen
+        shape = "x".join(map(str, self.images.shape[1:]))
+        return f"ImageSet({len(self)} images of {shape} {self.images.dtype}".replace(
+            "torch.", "") + ")"
+
 
 @dataclass
 class ImageData:
@@ -48,6 +53,12 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def __repr__(self) -> str:  # names, counts and sizes; never the tensors' values
+        shown = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
+        return (f"ImageData({self.name!r}: {len(self.train)} train / {len(self.val)} val "
+                f"images, {self.image_size}x{self.image_size} px, {self.num_classes} "
+                f"classes [{shown}], kind {self.kind!r})")
 
 
 def channel_histogram(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

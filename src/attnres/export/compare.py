@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data import BatchLoader
-from ..utils import time_interleaved
+from ..utils import median_iqr, time_interleaved, time_interleaved_samples
 
 
 def _loader(data: Any, split: str, model: nn.Module, batch_size: int,
@@ -35,25 +35,28 @@ def _top1(run: Callable[[torch.Tensor], torch.Tensor], loader: Iterable) -> floa
         for x, y in loader:
             correct += int((run(x).argmax(1) == y).sum())
             total += len(y)
-    return correct / max(total, 1)
+    return 100.0 * correct / max(total, 1)  # percent, like every accuracy attnres reports
 
 
 def compare_on_data(runners: dict[str, Callable[[torch.Tensor], torch.Tensor]],
                     loader: Iterable, *, latency_batch: int = 1, repeats: int = 30
                     ) -> dict[str, dict[str, float]]:
-    """Top-1 of each runner over `loader` (batches `(B, 3, H, W)`, labels `(B,)`), and
-    latency: median ms per call on one batch of `latency_batch` images and images/s on a
-    full loader batch, timed interleaved."""
+    """Top-1 (%) of each runner over `loader` (batches `(B, 3, H, W)`, labels `(B,)`), and
+    latency: median ms per call on one batch of `latency_batch` images (and the
+    interquartile range of the calls, `latency_ms_iqr`) and images/s on a full loader batch,
+    timed interleaved."""
     results = {name: {"top1": _top1(run, loader)} for name, run in runners.items()}
     x_full = next(iter(loader))[0]
     x_one = x_full[:latency_batch].contiguous()
     with torch.no_grad():
-        one = time_interleaved({n: (lambda r=r: r(x_one)) for n, r in runners.items()},
-                               warmup=3, repeats=repeats)
+        one = time_interleaved_samples({n: (lambda r=r: r(x_one)) for n, r in runners.items()},
+                                       warmup=3, repeats=repeats)
         full = time_interleaved({n: (lambda r=r: r(x_full)) for n, r in runners.items()},
                                 warmup=1, repeats=max(3, repeats // 5))
     for name in runners:
-        results[name]["latency_ms"] = one[name] * 1e3
+        median, q1, q3 = median_iqr(one[name])
+        results[name]["latency_ms"] = median * 1e3
+        results[name]["latency_ms_iqr"] = [q1 * 1e3, q3 * 1e3]
         results[name]["images_per_s"] = len(x_full) / full[name]
     return results
 
@@ -81,11 +84,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"ONNX ops (opset {report['opset']}): {', '.join(report['ops'])}")
     if "compare" in report:
         lines.append(f"validation split, CPU, {report['threads']} thread(s):")
-        lines.append("| runtime | top-1 (%) | latency, batch 1 (ms) | vs fp32 | images/s |")
+        lines.append("| runtime | top-1 (%) | latency, batch 1 (ms) [IQR] | vs fp32 | images/s |")
         lines.append("|---|---:|---:|---:|---:|")
         for name, row in report["compare"].items():
-            lines.append(f"| {name} | {100 * row['top1']:.2f} | {row['latency_ms']:.2f} | "
-                         f"{row['latency_ratio']:.2f}x | {row['images_per_s']:.0f} |")
+            q1, q3 = row.get("latency_ms_iqr") or (row["latency_ms"], row["latency_ms"])
+            lines.append(f"| {name} | {row['top1']:.2f} | {row['latency_ms']:.2f} "
+                         f"[{q1:.2f}-{q3:.2f}] | {row['latency_ratio']:.2f}x | "
+                         f"{row['images_per_s']:.0f} |")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from .tracing import (_dims, _example_size, _image_size, _metadata, _output_path
                       _size_oblivious, _verify)
 
 EXPORTERS = ("dynamo", "torchscript")
+DYNAMIC_NAMES = ("batch", None, "height", "width")  # the input's dims, (B, 3, H, W)
 
 
 def _ort_session(path: str | Path, threads: int | None = None) -> Any:
@@ -57,6 +59,26 @@ def onnx_op_types(path: str | Path) -> list[str]:
     return sorted(found)
 
 
+def name_dynamic_dims(proto: Any) -> None:
+    """Rename the input's symbolic dims to batch / height / width everywhere in the graph.
+
+    The dynamo exporter names them after torch.export's symbols (`s0`, `s53`, ...) and
+    writes shapes as expressions of them (`((s0 - 1)//2) + 1`); every such symbol is
+    replaced as a whole word, in the inputs, outputs and value_info alike."""
+    graph = proto.graph
+    renames: dict[str, str] = {}
+    for dim, name in zip(graph.input[0].type.tensor_type.shape.dim, DYNAMIC_NAMES):
+        if name is not None and dim.dim_param and dim.dim_param != name:
+            renames[dim.dim_param] = name
+    if not renames:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: renames[m.group(1)], dim.dim_param)
+
+
 def _trace_onnx(prepared: nn.Module, example: torch.Tensor, path: Path, exporter: str,
                 dynamic: bool, opset: int | None) -> None:
     """Export `prepared` on `example` `(B, 3, H, W)` to the file `path` with `exporter`."""
@@ -82,7 +104,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, image_size: int | None = N
                 opset: int | None = None, dynamic: bool = True, exporter: str = "dynamo",
                 verify: bool = True) -> dict[str, Any]:
     """Write `model` (inputs `(B, 3, H, W)` normalised images, outputs `(B, K)` logits) as
-    ONNX, with dynamic batch, H and W when `dynamic`.
+    ONNX, with dynamic batch, H and W when `dynamic` (dims named batch, height, width).
 
     exporter: "dynamo" (torch.export-based, torch's default) or "torchscript" (the older
     tracer, deprecated in torch 2.9+ but still shipped). Both give ReduceMean / ReduceMax
@@ -106,6 +128,8 @@ def export_onnx(model: nn.Module, out: str | Path, *, image_size: int | None = N
         traced = Path(scratch) / "model.onnx"
         _trace_onnx(prepared, example, traced, exporter, dynamic, opset)
         proto = onnx.load(str(traced))
+    if dynamic:
+        name_dynamic_dims(proto)
     for key, value in _metadata(model).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
@@ -136,4 +160,4 @@ def _run_onnx(session: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
-__all__ = ["EXPORTERS", "export_onnx", "onnx_op_types"]
+__all__ = ["DYNAMIC_NAMES", "EXPORTERS", "export_onnx", "name_dynamic_dims", "onnx_op_types"]

@@ -45,7 +45,13 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} not found")
+        hint = ""
+        if "bam" in path.name.lower():  # CBAM / BAM: the names of the authors' checkpoints
+            hint = (f"; the CBAM/BAM authors' checkpoints (e.g. RESNET50_CBAM_new_name_wrap"
+                    f".pth) are linked from the README of "
+                    f"https://github.com/Jongchan/attention-module: download one and put it "
+                    f"at {str(path.absolute())!r}, or pass the path where it is")
+        raise FileNotFoundError(f"weights file {str(path)!r} not found{hint}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -14,7 +14,9 @@
     precise_bn.py   precise_bn(): batch-norm statistics recomputed over N batches
     normalisation.py  normalisation_for(): the pretrained weights' mean/std, else the data's
     report.py       config.json, metrics.csv, summary.json, TensorBoard, progress lines
-    meters.py       peak memory;  signals.py: stopping cleanly on SIGINT / SIGTERM
+    limits.py       fractional epochs, max_steps, max_time, subset, the warm-up cap
+    steps.py        skipped non-finite steps, the per-step schedule, --monitor columns
+    meters.py       memory, named for what it is;  signals.py: stopping on SIGINT / SIGTERM
 
 Checkpoint files and run folders are read and written by `attnres.checkpoint`.
 """

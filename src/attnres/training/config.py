@@ -43,9 +43,10 @@ class TrainConfig:
     workers: int = 4                         # DataLoader workers per process (streaming)
     mean: list[float] | None = None          # normalisation; None: the training split's
     std: list[float] | None = None
+    subset: int | None = None                # train on a stratified subset of this many images
 
     # optimisation
-    epochs: int = 30
+    epochs: float = 30                       # a fraction runs that share of an epoch's steps
     batch_size: int = 128                    # global batch, split across DDP processes
     lr: float = 0.1                          # peak learning rate
     momentum: float = 0.9
@@ -61,6 +62,10 @@ class TrainConfig:
     # weight averaging and batch-norm statistics (see training/ema.py, training/precise_bn.py)
     ema: float = 0.0                         # EMA decay of the weights, e.g. 0.999; 0: off
     precise_bn: int = 0                      # after the last epoch: BN statistics over N batches
+    # how long (see training/limits.py): the first limit reached ends the run
+    max_steps: int | None = None             # at most this many optimizer steps
+    max_time: float | None = None            # seconds of training in this call (not kept
+                                             # by --resume), checked at every step
 
     # run
     seed: int = 0
@@ -82,8 +87,9 @@ class TrainConfig:
 
 # Options that may change when a run is resumed; all others must match the saved run or be
 # left at their defaults (then the saved values are used).
-RESUME_OVERRIDABLE = {"epochs", "out", "resume", "overwrite", "device", "compile", "monitor",
-                      "skip_nonfinite", "tensorboard", "quiet", "precise_bn", "workers"}
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "out", "resume", "overwrite",
+                      "device", "compile", "monitor", "skip_nonfinite", "tensorboard", "quiet",
+                      "precise_bn", "workers"}
 
 
 class NonFiniteLossError(RuntimeError):

@@ -23,6 +23,7 @@ import torch
 from .. import data as datasets
 from .config import TrainConfig
 from .distributed import Dist, all_reduce, min_over_ranks
+from .limits import apply_subset
 from .model_source import normalisation_arch
 from .normalisation import with_normalisation
 
@@ -111,6 +112,7 @@ def load_run_data(config: TrainConfig, ddp: Dist, device: torch.device) -> RunDa
         data = datasets.load_dataset(config.data, val_split=config.val_split,
                                      seed=config.split_seed, image_size=config.image_size,
                                      cache_dir=config.cache_dir)
+        data = apply_subset(data, config.subset, config.split_seed)  # --subset N
         if config.mean is not None:
             data = dataclasses.replace(data, mean=tuple(config.mean), std=tuple(config.std))
             preprocessing = _given(data)

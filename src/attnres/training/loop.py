@@ -24,15 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from ..model_files import save_model
-from ..utils import atomic_write_json
+from ..checkpoint import CHECKPOINT_FORMAT
 from . import finite, report
 from .config import NonFiniteLossError, TrainConfig, validate_config
 from .data_setup import check_resumed_data, load_run_data
 from .distributed import (Dist, all_reduce, average_buffers, min_over_ranks, pick_device,
                           setup_distributed, teardown_distributed, wrap_model)
-from .ema import ema_metrics, make_ema, save_ema
+from .ema import ema_metrics, make_ema
+from .limits import StepPlan, plan_steps
 from .meters import MemoryMeter
 from .model_source import make_model, model_record
 from .bn_recompute import run_precise_bn
@@ -40,6 +39,8 @@ from .recipe import advance_scheduler, make_optimizer, make_scheduler
 from .resume import default_out, resolve_resume, rng_state, seed_everything, set_rng_state
 from .run_folder import claim_run_folder
 from .signals import StopRequest
+from .saving import save_epoch, save_interrupted
+from .steps import skip_update
 from .validation import to_device, validate
 
 
@@ -96,6 +97,7 @@ class _Run:
     train_loader: Any
     val_loader: Any
     steps_per_epoch: int
+    plan: StepPlan                  # how many steps the run takes (limits.py)
     preprocessing: dict[str, Any]
     channels_last: bool
     data_record: dict[str, Any]  # the loader kind and data fingerprint (data_setup)
@@ -110,6 +112,9 @@ class _Run:
     start_batch: int = 0            # steps of start_epoch done before an interruption
     partial: _Sums = field(default_factory=_Sums)
     warned: set[str] = field(default_factory=set)
+    deadline: float | None = None   # perf_counter() at which max_time runs out
+    stop_reason: str | None = None  # "max_time" once it ran out
+    cut: list[float] | None = None  # sums of the last epoch when it stopped mid-way
 
     def log(self, message: str) -> None:
         if self.ddp.is_main and not self.config.quiet:
@@ -132,11 +137,18 @@ class _Run:
                 "world_size": self.ddp.world_size, "data": self.data_record,
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
-    def summary(self, memory: MemoryMeter, *, finished: bool,
+    def steps_done(self) -> int:
+        return int(self.scheduler.last_epoch)  # one scheduler step per optimizer step
+
+    def summary(self, memory: MemoryMeter, *, finished: bool | None = None,
                 error: str | None = None) -> dict[str, Any]:
-        return {**report.summary(self.config, self.metrics, memory=memory, finished=finished,
+        """summary.json; `finished` by default: the planned steps are done or max_time ran
+        out (`StepPlan.status`)."""
+        steps = self.plan.status(self.steps_done(), self.stop_reason, finished)
+        return {**report.summary(self.config, self.metrics, memory=memory,
+                                 finished=steps["stop_reason"] is not None,
                                  params=sum(p.numel() for p in self.raw_model.parameters()),
-                                 world_size=self.ddp.world_size, error=error,
+                                 world_size=self.ddp.world_size, error=error, steps=steps,
                                  normalisation=self.preprocessing.get("normalisation")),
                 "data": self.data_record}
 
@@ -161,8 +173,12 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path,
     best = max((row["val_top1"] for row in run.metrics), default=-1.0)
     memory = MemoryMeter(run.device)
     memory.start()
+    if run.plan.warning() and ddp.is_main:  # shown under --quiet too: it changes the run
+        report.print_line(f"warning: {run.plan.warning()}")
+    if config.max_time is not None:
+        run.deadline = time.perf_counter() + config.max_time
     with StopRequest() as stop:
-        for epoch in range(run.start_epoch, config.epochs):
+        for epoch in range(run.start_epoch, run.plan.epochs):
             try:
                 row = _epoch(run, epoch, stop, memory)
                 finite.check_epoch(run, row)  # a non-finite model is never saved
@@ -172,15 +188,19 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path,
             run.metrics.append(row)
             improved = row["val_top1"] > best
             best = max(best, row["val_top1"])
-            _save_epoch(run, memory, improved=improved)
-            run.log(report.epoch_line(row, config.epochs))
+            save_epoch(run, memory, improved=improved)
+            run.log(report.epoch_line(row, run.plan.epochs))
+            if run.stop_reason is not None:
+                run.log(f"max_time {config.max_time:g} s reached after step "
+                        f"{run.steps_done()} of {run.plan.total_steps}: saved {out}")
+                break
             if all_reduce([float(stop.requested)], ddp, run.device)[0]:  # every rank stops
                 run.log(f"interrupted: saved {out / 'last.pt'} (end of epoch {epoch + 1}); "
                         f"continue with --resume {out}")
                 raise stop.interrupted()
     if run.writer is not None:
         run.writer.close()
-    summary = run.summary(memory, finished=len(run.metrics) >= config.epochs)
+    summary = run.summary(memory)
     run_precise_bn(run, summary)  # --precise-bn N: adds to summary (and summary.json)
     run.log(f"done: best val top-1 {summary['best_val_top1']:.2f}, last "
             f"{summary['last_val_top1']:.2f}; wrote {out}")
@@ -226,8 +246,8 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path, model: nn.Module | None 
         config=config, ddp=ddp, out=out, device=device, raw_model=raw_model, ema=ema,
         optimizer=optimizer, scheduler=make_scheduler(optimizer, config, steps_per_epoch),
         scaler=scaler, train_loader=train_loader, val_loader=val_loader,
-        steps_per_epoch=steps_per_epoch, channels_last=channels_last,
-        data_record=run_data.record,
+        steps_per_epoch=steps_per_epoch, plan=plan_steps(config, steps_per_epoch),
+        channels_last=channels_last, data_record=run_data.record,
         autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
         preprocessing=preprocessing)
 
@@ -244,6 +264,12 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     set_rng_state(ckpt["rng"])
     run.start_epoch, run.start_batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
     run.metrics = list(ckpt["metrics"])
+    if run.start_batch and run.metrics and run.metrics[-1]["epoch"] == run.start_epoch + 1:
+        # the last row is of an epoch that stopped mid-way (max_time, a fractional epoch)
+        if run.start_batch >= run.plan.steps_in(run.start_epoch):
+            run.start_epoch, run.start_batch = run.start_epoch + 1, 0  # nothing left of it
+        else:
+            run.metrics.pop()  # it is trained on, and its row written again
     run.nonfinite_steps = int(ckpt.get("nonfinite_steps", 0))
     if run.start_batch and run.ddp.is_main:  # the interrupted epoch's sums, counted once
         run.partial = _Sums(*ckpt["partial"])
@@ -268,6 +294,8 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
     run.partial = _Sums()
     loss, correct, seen = all_reduce([sums.loss, sums.correct, sums.seen], run.ddp, run.device)
     step_time = all_reduce([sums.step_time], run.ddp, run.device)[0] / run.ddp.world_size
+    cut = run.steps_done() - epoch * run.steps_per_epoch < run.steps_per_epoch
+    run.cut = [loss, correct, seen, step_time] if cut else None
     row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / max(seen, 1),
                            "train_top1": 100.0 * correct / max(seen, 1)}
     average_buffers(run.raw_model, run.ddp)
@@ -275,6 +303,7 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
                         run.channels_last))
     row.update(ema_metrics(run))  # --ema: ema_val_loss, ema_val_top1, ema_val_top5
     row["train_images"] = int(seen)
+    row["steps"] = run.steps_done()
     row["train_step_time_s"] = step_time
     row["epoch_time_s"] = time.perf_counter() - epoch_start
     row["train_images_per_s"] = seen / step_time if step_time > 0 else 0.0
@@ -289,22 +318,26 @@ def _train_epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) 
     run.train_loader.set_epoch(epoch, start_batch=skip)
     run.model.train()
     sums = dataclasses.replace(run.partial)
-    bar = report.progress_bar(run.steps_per_epoch, initial=skip,
-                              desc=f"epoch {epoch + 1}/{run.config.epochs}",
+    steps = run.plan.steps_in(epoch)  # the last epoch of a fractional run is cut short
+    bar = report.progress_bar(steps, initial=skip,
+                              desc=f"epoch {epoch + 1}/{run.plan.epochs}",
                               disable=run.config.quiet or not run.ddp.is_main)
     try:
         for step, (images, labels) in enumerate(run.train_loader, start=skip):
-            if step >= run.steps_per_epoch:
+            if step >= steps:
                 break
-            stop_asked = _train_step(run, images, labels, sums, stop, epoch, step)
+            stop_asked, time_up = _train_step(run, images, labels, sums, stop, epoch, step)
             bar.update(1)
             if step % 10 == 0 and sums.seen:
                 bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}",
                                 acc=f"{100 * sums.correct / sums.seen:.1f}",
                                 img_s=f"{sums.seen * run.ddp.world_size / sums.step_time:.0f}")
-            if stop_asked and step + 1 < run.steps_per_epoch:
+            if time_up:  # after this step: the epoch's row and checkpoint say where
+                run.stop_reason = "max_time"
+                break
+            if stop_asked and step + 1 < steps:
                 bar.close()
-                _save_interrupted(run, memory, epoch, step + 1, sums)
+                save_interrupted(run, memory, epoch, step + 1, sums)
                 raise stop.interrupted()
     finally:
         bar.close()
@@ -312,19 +345,22 @@ def _train_epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) 
 
 
 def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, sums: _Sums,
-                stop: StopRequest, epoch: int, step: int) -> bool:
+                stop: StopRequest, epoch: int, step: int) -> tuple[bool, bool]:
     """One optimizer step on a batch `(B, C, H, W)`, `(B,)`, added to `sums`; a non-finite
-    loss skips the update (or stops the run). Returns whether any rank was asked to stop."""
+    loss skips the update (or stops the run). Returns whether any rank was asked to stop,
+    and whether max_time has run out on any rank."""
     t0 = time.perf_counter()
     images, labels = to_device(images, labels, run.device, run.channels_last)
     with run.autocast():
         logits = run.model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.config.label_smoothing)
     loss_value = loss.item()
-    nonfinite, stop_asked = all_reduce([float(not math.isfinite(loss_value)),
-                                        float(stop.requested)], run.ddp, run.device)
+    time_up = run.deadline is not None and time.perf_counter() >= run.deadline
+    nonfinite, stop_asked, time_up = all_reduce(
+        [float(not math.isfinite(loss_value)), float(stop.requested), float(time_up)],
+        run.ddp, run.device)
     if nonfinite:
-        _skip_update(run, loss_value, epoch, step)
+        skip_update(run, loss_value, epoch, step)
     else:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -337,53 +373,7 @@ def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, sums: _Su
         sums.correct += (logits.argmax(1) == labels).sum().item()
         sums.seen += labels.numel()
     sums.step_time += time.perf_counter() - t0
-    return bool(stop_asked)
-
-
-def _skip_update(run: _Run, loss_value: float, epoch: int, step: int) -> None:
-    """A step whose loss was NaN/inf on some rank: no update, or NonFiniteLossError once
-    more than `skip_nonfinite` such steps were seen."""
-    run.nonfinite_steps += 1
-    where = (f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1} (global "
-             f"step {epoch * run.steps_per_epoch + step + 1})")
-    if run.nonfinite_steps > run.config.skip_nonfinite:
-        raise NonFiniteLossError(f"{where}{finite.kept_checkpoint(run.out)}; lower --lr, or "
-                                 f"pass --skip-nonfinite N to skip up to N such steps")
-    finite.check_model(run, where)  # broken weights: every later step would be skipped
-    run.log(f"warning: {where}: update skipped ({run.nonfinite_steps}/"
-            f"{run.config.skip_nonfinite} allowed)")
-    run.optimizer.zero_grad(set_to_none=True)
-    advance_scheduler(run.scheduler)
-
-
-def _save_epoch(run: _Run, memory: MemoryMeter, *, improved: bool) -> None:
-    """Rank 0, after each epoch: last.pt (and best.pt), metrics.csv, TensorBoard, summary."""
-    if not run.ddp.is_main:
-        return
-    epoch = run.metrics[-1]["epoch"]
-    state = run.checkpoint(epoch, 0, _Sums().as_list())
-    save_checkpoint(state, run.out / "last.pt")
-    if improved:
-        save_checkpoint(state, run.out / "best.pt")
-        save_model(run.raw_model, run.out, preprocessing=run.preprocessing)
-    save_ema(run)
-    report.write_metrics(run.out, run.metrics)
-    if run.writer is not None:
-        report.log_scalars(run.writer, run.metrics[-1])
-    atomic_write_json(run.out / "summary.json",
-                      run.summary(memory, finished=epoch == run.config.epochs))
-
-
-def _save_interrupted(run: _Run, memory: MemoryMeter, epoch: int, batch: int,
-                      sums: _Sums) -> None:
-    """SIGINT/SIGTERM inside an epoch: last.pt at step `batch`, with the epoch's sums."""
-    partial = all_reduce(sums.as_list(), run.ddp, run.device)
-    partial[3] /= run.ddp.world_size  # step time: the mean over ranks, not the sum
-    if run.ddp.is_main:
-        save_checkpoint(run.checkpoint(epoch, batch, partial), run.out / "last.pt")
-        atomic_write_json(run.out / "summary.json", run.summary(memory, finished=False))
-    run.log(f"interrupted: saved {run.out / 'last.pt'} (epoch {epoch + 1}, step {batch}); "
-            f"continue with --resume {run.out}")
+    return bool(stop_asked), bool(time_up)
 
 
 __all__ = ["train"]

@@ -1,4 +1,4 @@
-"""Peak memory of a training run, as `summary.json` reports it."""
+"""Memory of a training run, as `summary.json` reports it."""
 
 from __future__ import annotations
 
@@ -10,60 +10,47 @@ import torch
 
 
 class MemoryMeter:
-    """Peak memory of the training loop, in MiB.
+    """Memory of the training loop, in MiB, each figure named for what it is.
 
-    CUDA: `torch.cuda.max_memory_allocated` (tensors only, after a reset at the start).
-    CPU: how far the process's resident set rose above its size at the start: the peak
-    (VmHWM, reset through /proc/self/clear_refs on Linux; otherwise ru_maxrss, which cannot
-    be reset and so may include earlier peaks) minus the resident size at the start. An
-    estimate: the allocator may reuse memory the process already held.
+    `peak_mb`: CUDA only, `torch.cuda.max_memory_allocated` after a reset at the start
+    (tensor memory of the whole loop); None on CPU, where the allocator keeps no such
+    record over a run (the per-configuration peak of one training step is what
+    `attnres ablate` measures, in costs.json).
+    `process_peak_rss_mb`: the peak resident set of the whole process (VmHWM, else
+    ru_maxrss): data, libraries, everything, since the process started. Not the run's own
+    memory (an earlier run in the same process counts too).
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.start_rss_kb = 0
-        self.can_reset = False
 
     @property
     def method(self) -> str:
         """How `peak_mb` is measured, in words (recorded next to the number)."""
         if self.device.type == "cuda":
-            return "torch.cuda.max_memory_allocated"
-        return "peak resident set size rise above the start (VmHWM)"
-
-    @staticmethod
-    def _status_kb(key: str) -> int | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        except OSError:
-            return None
-        return None
+            return "torch.cuda.max_memory_allocated over the training loop (tensors only)"
+        return ("not measured on CPU (see the ablation's costs.json for the allocator's peak "
+                "of one training step)")
 
     def start(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.can_reset = True
-        except OSError:
-            self.can_reset = False
-        rss = self._status_kb("VmRSS")
-        self.start_rss_kb = rss if rss is not None else self._maxrss_kb()
 
-    @staticmethod
-    def _maxrss_kb() -> int:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak  # macOS reports bytes
-
-    def peak_mb(self) -> float:
+    def peak_mb(self) -> float | None:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        peak = self._status_kb("VmHWM") if self.can_reset else None
-        peak = peak if peak is not None else self._maxrss_kb()
-        return max(0, peak - self.start_rss_kb) / 1024
+        return None
+
+    @staticmethod
+    def process_peak_rss_mb() -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS: bytes
 
 
 __all__ = ["MemoryMeter"]

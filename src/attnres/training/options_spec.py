@@ -219,7 +219,10 @@ RULES: dict[str, Rule] = {
     "cache_dir": Rule("custom", optional=True, check=_folder,
                       default_help="$ATTNRES_CACHE, else ~/.cache/attnres"),
     # optimisation
-    "epochs": Rule("int", low=1),
+    "epochs": Rule("number", low=0, low_open=True),  # fractions: part of an epoch's steps
+    "subset": Rule("int", low=1, optional=True, default_help="every training image"),
+    "max_steps": Rule("int", low=1, optional=True, default_help="no limit"),
+    "max_time": Rule("number", low=0, low_open=True, optional=True, default_help="no limit"),
     "batch_size": Rule("int", low=1),
     "lr": Rule("number", low=0, low_open=True),
     "momentum": Rule("number", **_UNIT),

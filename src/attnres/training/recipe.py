@@ -162,9 +162,12 @@ def make_optimizer(model: nn.Module, config: Any) -> torch.optim.SGD:
 def make_scheduler(optimizer: torch.optim.Optimizer, config: Any, steps_per_epoch: int
                    ) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-step schedule of `config` (a `TrainConfig`) as a LambdaLR; its `lr_lambda`
-    gives the factor of any step."""
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    gives the factor of any step. It spans the run's steps and capped warm-up
+    (`limits.plan_steps`: fractional epochs, `max_steps`)."""
+    from .limits import plan_steps
+
+    plan = plan_steps(config, steps_per_epoch)
+    total_steps, warmup_steps = plan.total_steps, plan.warmup_steps
 
     def schedule(step: int) -> float:
         return lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,

@@ -23,8 +23,10 @@ from .meters import MemoryMeter
 
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
             memory: MemoryMeter, world_size: int, finished: bool,
-            normalisation: str | None = None, error: str | None = None) -> dict[str, Any]:
-    """The run's `summary.json`: best and last validation accuracy, cost, versions, config;
+            normalisation: str | None = None, error: str | None = None,
+            steps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's `summary.json`: best and last validation accuracy (%), cost, the steps
+    (`limits.StepPlan.status`: planned, done, and why the run stopped), versions, config;
     `normalisation` says where the input mean/std came from; `failed` and `error` (None, or
     why the run failed: its model or loss stopped being finite)."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
@@ -42,12 +44,15 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "params": params,
         "train_time_s": train_time,
         "train_images_per_s": images / step_time if step_time > 0 else None,
-        "peak_train_mem_mb": memory.peak_mb(),
+        "peak_train_mem_mb": memory.peak_mb(),  # None on CPU: see MemoryMeter
         "peak_train_mem_method": memory.method,
+        "process_peak_rss_mb": memory.process_peak_rss_mb(),
+        "threads": torch.get_num_threads(),
         "epochs": len(metrics),
         "finished": finished,
         "failed": error is not None,
         "error": error,
+        "steps": steps,
         "world_size": world_size,
         "normalisation": normalisation,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},

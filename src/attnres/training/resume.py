@@ -64,7 +64,8 @@ def resolve_resume(config: TrainConfig, given: Collection[str] | None = None
     `given` names the options given (the CLI passes the ones on its command line, so
     `--lr 0.1` counts even when 0.1 is the default); None means the fields that differ from
     `TrainConfig`'s defaults, as a dataclass cannot tell a default left alone from one
-    passed on purpose.
+    passed on purpose. `max_time` is the one exception: it limits this call only, so a
+    resumed run has none unless given.
     """
     if config.resume is None:
         return config, None
@@ -96,6 +97,7 @@ def resolve_resume(config: TrainConfig, given: Collection[str] | None = None
     overrides["out"] = config.out if config.out is not None else str(file.parent)
     overrides["resume"] = config.resume
     overrides["overwrite"] = False  # a resumed run continues its folder, never replaces it
+    overrides["max_time"] = config.max_time  # a budget for this call, not kept from the last
     return dataclasses.replace(saved, **overrides), ckpt
 
 

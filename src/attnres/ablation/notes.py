@@ -1,0 +1,63 @@
+"""The sentences of a report that say what its numbers are: the setup line at the top
+(data, image size, epochs, seeds, machine, threads) and the line on how costs were
+measured."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .results import data_key
+
+
+def value_text(value: Any) -> str:
+    """A recipe value as the report writes it: text as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def setup_line(rows: list[dict[str, Any]], costs: dict[str, Any] | None) -> str:
+    """The first line of a report: data (its name, or its file name: the same bytes on any
+    machine), image size, epochs, limits, seeds, the machine and the training threads."""
+    first = rows[0]["settings"]
+    same = {k: first.get(k) for k in ("data", "image_size", "epochs", "subset", "max_steps",
+                                      "max_time")
+            if all(r["settings"].get(k) == first.get(k) for r in rows)}
+    size = (costs or {}).get("image_size") or same.get("image_size")
+    parts = [f"data `{data_key(same['data'])}`" if "data" in same
+             else "data: differs between rows",
+             f"{size} px images" if size else "images at the data set's own size"]
+    if "epochs" in same:
+        parts.append(f"{value_text(same['epochs'])} epochs per run")
+    parts += [f"{k.replace('_', '-')} {value_text(same[k])}"
+              for k in ("subset", "max_steps", "max_time") if same.get(k) is not None]
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    parts.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+    threads = sorted({t for r in rows for t in r.get("train_threads", [])})
+    where = "machine not recorded (no costs JSON)"
+    if costs:
+        m = costs.get("machine", {})
+        where = (f"measured on {m.get('cpu', '?')} ({m.get('cpu_cores', '?')} cores"
+                 + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ")")
+    plural = "s" if threads != [1] else ""
+    trained = (f"; trained with {', '.join(map(str, threads))} torch thread{plural}"
+               if threads else "")
+    return f"Setup: {', '.join(parts)}; {where}{trained}."
+
+
+def costs_line(costs: dict[str, Any] | None, base: str) -> str:
+    if not costs:
+        return "Costs: not measured (no costs JSON); params from the runs' summaries."
+    m = costs.get("machine", {})
+    where = m.get("cpu", "?") + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+    sizes = ", ".join(map(str, costs.get("train_batch_size", [])))
+    method = costs.get("method", {})
+    return (f"Costs, measured in one process on {where} ({m.get('cpu_cores', '?')} cores, "
+            f"torch threads {costs.get('threads', '?')}, device {costs.get('device', '?')}, "
+            f"torch {m.get('torch', '?')}), inputs {costs.get('image_size')} px, ratios to "
+            f"`{base}`: train img/s of an SGD step at batch {sizes} and batch-1 inference "
+            f"latency, medians of interleaved runs (IQR: their interquartile range), measured "
+            f"after training; peak train MB: {method.get('memory', '?')}. FLOPs: "
+            f"{method.get('flops', '?')}.")
+
+
+__all__ = ["costs_line", "setup_line", "value_text"]

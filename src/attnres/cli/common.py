@@ -1,0 +1,70 @@
+"""What several commands share: `--threads`, numbers that may be whole or fractional, and
+the help formatter that shows every option's default.
+
+    add_threads(parser)     the one `--threads N` option (default: every core this
+                            process may use, `default_threads()`)
+    apply_threads(args)     torch.set_num_threads(args.threads); returns the count
+    number("3") -> 3, number("0.5") -> 0.5
+    DefaultsFormatter       help lines end in "(default: ...)" unless they say it already
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def default_threads() -> int:
+    """CPU cores this process may run on (`attnres.utils.usable_cores`)."""
+    from ..utils import usable_cores
+
+    return usable_cores()
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"CPU threads for PyTorch (default: every core this process may "
+                             f"use, {default_threads()} here)")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's thread count from `args.threads` (None: `default_threads()`); return it."""
+    import torch
+
+    threads = default_threads() if args.threads is None else args.threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads {threads!r}: must be a positive integer")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def number(text: str) -> int | float:
+    """An argparse type: "3" -> 3, "0.5" -> 0.5 (whole numbers stay int)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return int(value) if value.is_integer() else value
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless the help already names one:
+    "(default: X)", "(default: off)" for flags, nothing for required options."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or "required" in text.lower() or action.required
+                or not action.option_strings or action.default is argparse.SUPPRESS):
+            return text
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.nargs == 0:  # store_true / store_false
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        default: Any = action.default
+        if default is None or default == [] or default == "":
+            return f"{text} (default: none)"
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+__all__ = ["DefaultsFormatter", "add_threads", "apply_threads", "default_threads", "number"]

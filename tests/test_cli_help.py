@@ -1,0 +1,121 @@
+"""The first hour at the command line: `attnres --version`, every option's help line and
+default, one `--threads` for every command that computes, short data-set reprs, and the
+message for a missing CBAM authors' checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnres
+from attnres.cli import build_parser, main
+from attnres.cli.common import DefaultsFormatter, apply_threads, default_threads
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+# the commands whose --help this work covers (train and eval have their own)
+DOCUMENTED = ["ablate", "demo", "explain", "export", "bench", "profile", "models", "report"]
+COMPUTING = ["train", "eval", "ablate", "demo", "explain", "export", "bench", "profile"]
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"attnres {attnres.__version__}"
+    declared = re.search(r'^version = "(.+)"', PYPROJECT.read_text(), flags=re.M).group(1)
+    assert attnres.__version__ == declared
+
+
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_every_option_has_one_help_line_and_its_default(name: str) -> None:
+    parser = subparser(name)
+    assert parser.formatter_class is DefaultsFormatter
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and "\n" not in action.help, action.option_strings
+        shown = formatter._get_help_string(action)
+        if action.option_strings and not action.required:
+            assert re.search(r"default|required", shown, flags=re.I), (
+                f"{name} {action.option_strings[0]}: {shown!r}")
+    text = parser.format_help()  # renders (a stray % in a help line would raise here)
+    assert "--help" in text
+
+
+def test_formatter_appends_what_the_default_is() -> None:
+    parser = argparse.ArgumentParser(formatter_class=DefaultsFormatter)
+    parser.add_argument("--n", type=int, default=4, help="how many")
+    parser.add_argument("--flag", action="store_true", help="do it")
+    parser.add_argument("--on", action=argparse.BooleanOptionalAction, default=True, help="x")
+    parser.add_argument("--none", help="a value")
+    parser.add_argument("--said", default=3, help="three (default: 3, the usual)")
+    formatter = parser._get_formatter()
+    shown = {a.dest: formatter._get_help_string(a) for a in parser._actions}
+    assert shown["n"] == "how many (default: %(default)s)".replace("%(default)s", "4")
+    assert shown["flag"] == "do it (default: off)" and shown["on"] == "x (default: on)"
+    assert shown["none"] == "a value (default: none)"
+    assert shown["said"] == "three (default: 3, the usual)"  # not said twice
+
+
+@pytest.mark.parametrize("name", COMPUTING)
+def test_every_computing_command_takes_the_same_threads_option(name: str) -> None:
+    (action,) = [a for a in subparser(name)._actions if "--threads" in a.option_strings]
+    assert action.type is int and action.default is None
+    assert f"{default_threads()} here" in action.help
+
+
+def test_threads_default_to_every_usable_core() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert apply_threads(argparse.Namespace(threads=None)) == default_threads()
+        assert torch.get_num_threads() == default_threads()
+        assert apply_threads(argparse.Namespace(threads=1)) == 1 == torch.get_num_threads()
+        with pytest.raises(ValueError, match="--threads 0"):
+            apply_threads(argparse.Namespace(threads=0))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_image_size_options_say_what_they_are() -> None:
+    for name in ("train", "explain", "export", "bench", "profile"):
+        (action,) = [a for a in subparser(name)._actions if "--image-size" in a.option_strings]
+        assert action.help and ("size" in action.help or "pixels" in action.help), name
+
+
+def test_data_sets_print_short() -> None:
+    from attnres.data import ImageData, ImageSet
+
+    images = torch.zeros(50, 3, 12, 12, dtype=torch.uint8)
+    split = ImageSet(images, torch.arange(50) % 12)
+    data = ImageData(split, ImageSet(images[:5], torch.arange(5)), [f"c{i}" for i in range(12)],
+                     (0.5,) * 3, (0.2,) * 3, 12, "small", "toy")
+    assert repr(split) == "ImageSet(50 images of 3x12x12 uint8)"
+    text = repr(data)
+    assert text.startswith("ImageData('toy': 50 train / 5 val images, 12x12 px, 12 classes")
+    assert "c9, ..." in text and "tensor" not in text and len(text) < 200
+    assert "tensor" not in str(attnres.load_dataset("digits", image_size=8))
+
+
+def test_missing_authors_checkpoint_names_their_release(tmp_path) -> None:
+    from attnres.models.pretrained import read_state_dict
+
+    missing = tmp_path / "RESNET50_CBAM_new_name_wrap.pth"
+    with pytest.raises(FileNotFoundError) as error:
+        read_state_dict(missing)
+    message = str(error.value)
+    assert "github.com/Jongchan/attention-module" in message
+    assert str(missing) in message and "\n" not in message
+    with pytest.raises(FileNotFoundError) as error:  # other files: no such hint
+        read_state_dict(tmp_path / "mine.pt")
+    assert "Jongchan" not in str(error.value)
