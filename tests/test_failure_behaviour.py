@@ -93,7 +93,7 @@ def test_every_option_value_is_named_in_its_error(capsys):
     """The same rules from Python: a one-line ValueError naming field and value."""
     from attnres.training import TrainConfig, validate_config
 
-    for field, value in [("lr", "0.1"), ("epochs", 2.5), ("batch_size", True),
+    for field, value in [("lr", "0.1"), ("epochs", 0), ("batch_size", True),
                          ("weight_decay", float("nan")), ("step_gamma", 0),
                          ("val_split", float("inf")), ("quiet", "yes"),
                          ("step_milestones", [0.5, 1.5]), ("attention_kwargs", "se")]:
