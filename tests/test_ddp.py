@@ -43,16 +43,16 @@ def test_two_processes_end_with_identical_weights(tiny_data, tmp_path):
         import os, sys
         import torch
         torch.set_num_threads(1)
-        import attnres.data, attnres.models
+        import attnres.data, attnres.training.model_source as model_source
         from attnres.cli import main
     """) + inspect.getsource(tiny_dataset) + textwrap.dedent(f"""
         attnres.data.load_dataset = tiny_dataset
         built = []
-        real_build = attnres.models.build_model
+        real_build = model_source.build_model
         def keep_model(*args, **kwargs):
             built.append(real_build(*args, **kwargs))
             return built[-1]
-        attnres.models.build_model = keep_model
+        model_source.build_model = keep_model  # what the trainer builds its model with
         rc = main({args!r})
         torch.save(built[0].state_dict(), os.path.join({str(tmp_path)!r},
                                                        "rank" + os.environ["RANK"] + ".pt"))

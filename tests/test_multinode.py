@@ -66,11 +66,12 @@ def getitem(self, key):
     return read_image(self, key)
 stream.StreamDataset.__getitem__ = getitem
 
-build = attnres.models.build_model
+import attnres.training.model_source as model_source
+build = model_source.build_model
 def keep(*args, **kwargs):
     built.append(build(*args, **kwargs))
     return built[-1]
-attnres.models.build_model = keep
+model_source.build_model = keep  # what the trainer builds its model with
 
 with open(os.path.join(probe, f"pids{rank}.json"), "w") as f:
     json.dump({"worker": os.getpid(), "agent": os.getppid()}, f)

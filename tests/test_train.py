@@ -544,7 +544,7 @@ def test_precise_bn_after_training_is_recorded_and_saved(tiny_data, reference_ru
     saved = load_model(out / "precise-bn.pt")
     assert_same_state(model.state_dict(), saved.state_dict())
     after = evaluate(saved, data)
-    assert result["val_top1_after"] == pytest.approx(100 * after["top1"], abs=1e-9)
+    assert result["val_top1_after"] == pytest.approx(after["top1"], abs=1e-9)
     assert result["val_loss_after"] == pytest.approx(after["loss"], rel=1e-5)
 
 
@@ -594,7 +594,7 @@ def test_ema_is_the_closed_form_average_of_the_raw_weights(tiny_data, tmp_path):
     rows = list(csv.DictReader((tmp_path / "ema" / "metrics.csv").open()))
     assert all(float(r["ema_val_top1"]) >= 0 and "ema_val_loss" in r for r in rows)
     result = evaluate(load_model(tmp_path / "ema" / "ema.pt"), tiny_dataset(str(tiny_data)))
-    assert float(rows[-1]["ema_val_top1"]) == pytest.approx(100 * result["top1"], abs=1e-9)
+    assert float(rows[-1]["ema_val_top1"]) == pytest.approx(result["top1"], abs=1e-9)
     assert summary["last_ema_val_top1"] == float(rows[-1]["ema_val_top1"])
     best = max(rows, key=lambda r: float(r["ema_val_top1"]))
     assert load_checkpoint(tmp_path / "ema" / "ema-best.pt")["epoch"] == int(best["epoch"])

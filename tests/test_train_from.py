@@ -44,7 +44,7 @@ def test_timm_source_trains_evaluates_resumes_and_loads(tiny_data, tmp_path):
     model = attnres.load_model(full)
     assert _same_state(model.state_dict(), ckpt["model"])
     best = max(ckpt["metrics"], key=lambda r: r["val_top1"])
-    assert 100 * _val_top1(model, tiny_data) == pytest.approx(best["val_top1"], abs=1e-4)
+    assert _val_top1(model, tiny_data) == pytest.approx(best["val_top1"], abs=1e-4)
     saved = load_saved_model(full)  # the run's model.safetensors: the best weights
     assert _same_state(saved.state_dict(), ckpt["model"])
     assert saved.preprocessing["mean"] == ckpt["preprocessing"]["mean"]

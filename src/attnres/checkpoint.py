@@ -136,6 +136,8 @@ def _check_structure(file: Path, ckpt: dict, training: bool) -> None:
     """The keys and types a checkpoint needs, before anything is built from it."""
     weights, build_args = ckpt.get("model"), ckpt.get("build_args")
     info = ckpt.get("model_info")
+    if info is not None and not isinstance(info, dict):
+        raise CheckpointError(f"{file}: its model_info is a {type(info).__name__}, not a dict")
     if not isinstance(weights, dict) or not (isinstance(build_args, dict)
                                              or isinstance(info, dict)):
         have = ", ".join(sorted(map(str, ckpt))[:6]) or "nothing"
@@ -172,7 +174,7 @@ def _check_structure(file: Path, ckpt: dict, training: bool) -> None:
 def _describes(ckpt: dict) -> str:
     """The network a checkpoint describes, for messages."""
     info = ckpt.get("model_info")
-    return str(info["architecture"]) if info else str(ckpt["build_args"]["arch"])
+    return str(info["architecture"]) if isinstance(info, dict) else str(ckpt["build_args"]["arch"])
 
 
 def _build(file: Path, ckpt: dict, device: str | torch.device) -> nn.Module:
@@ -182,7 +184,7 @@ def _build(file: Path, ckpt: dict, device: str | torch.device) -> nn.Module:
 
     try:
         with torch.device(device):
-            if ckpt.get("model_info"):
+            if isinstance(ckpt.get("model_info"), dict):
                 return rebuild_model(ckpt["model_info"])
             args = dict(ckpt["build_args"])
             args["pretrained"] = None  # the checkpoint holds the weights; never download

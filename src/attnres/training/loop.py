@@ -173,7 +173,7 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path,
     best = max((row["val_top1"] for row in run.metrics), default=-1.0)
     memory = MemoryMeter(run.device)
     memory.start()
-    if run.plan.warning() and ddp.is_main:  # shown under --quiet too: it changes the run
+    if run.plan.warning() and ddp.is_main and not config.quiet:
         report.print_line(f"warning: {run.plan.warning()}")
     if config.max_time is not None:
         run.deadline = time.perf_counter() + config.max_time
