@@ -72,6 +72,11 @@ def keep(*args, **kwargs):
     built.append(build(*args, **kwargs))
     return built[-1]
 model_source.build_model = keep  # what the trainer builds its model with
+rebuild = model_source.rebuild_model
+def keep_rebuilt(*args, **kwargs):  # a resumed run rebuilds it from the checkpoint
+    built.append(rebuild(*args, **kwargs))
+    return built[-1]
+model_source.rebuild_model = keep_rebuilt
 
 with open(os.path.join(probe, f"pids{rank}.json"), "w") as f:
     json.dump({"worker": os.getpid(), "agent": os.getppid()}, f)
