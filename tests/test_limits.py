@@ -85,7 +85,7 @@ def test_warmup_is_capped_at_a_quarter_of_the_run_and_warns_once(tiny_data, tmp_
     assert "shorter than its warm-up" in plan.warning()
     assert plan_steps(config(epochs=8, warmup_epochs=1.0), 10).warning() is None
 
-    run_tiny(tiny_data, tmp_path / "warm", epochs=1, warmup_epochs=2.0)  # quiet=True
+    run_tiny(tiny_data, tmp_path / "warm", epochs=1, warmup_epochs=2.0, quiet=False)
     err = capsys.readouterr().err
     assert err.count("warning: warm-up of 6 steps") == 1, err
     steps = json.loads((tmp_path / "warm" / "summary.json").read_text())["steps"]
