@@ -31,6 +31,19 @@ Listing = tuple[list[str], list[str], list[str]]  # image files, folders, skippe
 Layout = tuple[list[str], dict[str, list[tuple[str, int]]]]  # classes, {split: [(file, label)]}
 
 
+def member_path(name: str) -> str:
+    """A tar member's name without leading "./" and surrounding "/" ("" for the root)."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.strip("/")
+
+
+def parent_folders(path: str) -> list[str]:
+    """The folders above `path`: "a/b/c.jpg" -> ["a", "a/b"]."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -138,18 +151,14 @@ def _read_archive(path: Path) -> tuple[list[tuple[str, bytes]], list[str], list[
     try:
         with tarfile.open(path, mode="r|*") as tar:  # a stream: 2x faster, nothing on disk
             for member in tar:
-                name = member.name
-                while name.startswith("./"):
-                    name = name[2:]
-                name = name.strip("/")
+                name = member_path(member.name)
                 if not name:
                     continue
-                parts = name.split("/")
-                dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+                dirs.update(parent_folders(name))
                 if member.isdir():
                     dirs.add(name)
                     continue
-                if not member.isfile() or parts[-1].startswith("."):
+                if not member.isfile() or name.rpartition("/")[2].startswith("."):
                     continue
                 if not _is_image(name):
                     skipped.append(name)

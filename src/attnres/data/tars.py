@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 from ..utils import atomic_write
-from .folder import _is_image
+from .folder import _is_image, member_path, parent_folders
 
 DECOMPRESSORS = {".tar.gz": gzip.GzipFile, ".tgz": gzip.GzipFile, ".tar.bz2": bz2.BZ2File,
                  ".tar.xz": lzma.LZMAFile}
@@ -33,17 +33,13 @@ def index_tar(tar_path: Path, where: str, source: int
         with tarfile.open(tar_path, mode="r:") as tar:
             while (member := tar.next()) is not None:
                 tar.members.clear()  # millions of members: keep memory flat
-                name = member.name
-                while name.startswith("./"):
-                    name = name[2:]
-                name = name.strip("/")
+                name = member_path(member.name)
                 if not name:
                     continue
-                parts = name.split("/")
-                dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+                dirs.update(parent_folders(name))
                 if member.isdir():
                     dirs.add(name)
-                elif not member.isfile() or parts[-1].startswith("."):
+                elif not member.isfile() or name.rpartition("/")[2].startswith("."):
                     continue
                 elif not _is_image(name) or member.issparse():
                     skipped.append(name)
