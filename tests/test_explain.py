@@ -210,3 +210,44 @@ def test_attention_map_of_every_registered_module(name, tmp_path) -> None:
     assert attention["min"] == pytest.approx(float(expected.min()), abs=1e-6)
     assert attention["max"] == pytest.approx(float(expected.max()), abs=1e-6)
     assert (tmp_path / "image0__model0__attn.png").is_file()
+
+
+def test_gates_drawn_as_they_are_with_a_colour_bar_and_both_labels(models, tmp_path) -> None:
+    """The gate's panel blends its raw values on the fixed 0-1 scale (a min-max stretch
+    would make any nearly constant gate look like a strong one), its title gives the
+    range, every title names the true and the predicted class, and the colour bar is
+    drawn."""
+    from attnres.analysis.explain_plot import DISPLAY_SIZE, center_square, overlay, resize_map
+
+    model = models[0]
+    gates: list[torch.Tensor] = []
+    handle = model.layer3[2].attn.spatial_gate.register_forward_hook(
+        lambda m, a, o: gates.append(o.detach()))
+    image = np.random.default_rng(3).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    try:
+        result = explain([model], [image], labels=["class2"], out=tmp_path, device="cpu")
+    finally:
+        handle.remove()
+    gate = gates[0][0, 0].numpy()  # the first forward: the prediction's
+    display = center_square(image, max(SIZE, DISPLAY_SIZE))
+    want = overlay(display, resize_map(gate, display.shape[0]))
+    drawn = np.asarray(Image.open(tmp_path / "image0__model0__attn.png").convert("RGB"))
+    np.testing.assert_array_equal(drawn, want)
+    stretched = (gate - gate.min()) / (gate.max() - gate.min())
+    assert not np.array_equal(drawn, overlay(display, resize_map(stretched,
+                                                                 display.shape[0])))
+    (record,) = result["results"]
+    assert record["true_class"] == "class2"
+    titles = result["titles"][0]
+    assert titles[0] == "image0\ntrue class2"
+    assert titles[1] == (f"model0 Grad-CAM\ntrue class2, pred {record['pred_class']} "
+                         f"({record['prob']:.2f})")
+    assert titles[2] == (f"model0 cbam layer3.2.attn spatial\ngate {gate.min():.2f}-"
+                         f"{gate.max():.2f} of 0-1")
+    # the colour bar at the right edge runs from jet's dark blue (0) to its dark red (1)
+    grid = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")).astype(int)
+    edge = grid[:, int(0.9 * grid.shape[1]):]
+    near = lambda rgb: (np.abs(edge - np.array(rgb)).max(axis=2) < 30).any()  # noqa: E731
+    assert near((0, 0, 128)) and near((128, 0, 0))
+    with pytest.raises(ValueError, match="labels: 2 given for 1 images"):
+        explain([model], [image], labels=["a", "b"], out=tmp_path, device="cpu")
