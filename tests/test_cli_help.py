@@ -119,3 +119,12 @@ def test_missing_authors_checkpoint_names_their_release(tmp_path) -> None:
     with pytest.raises(FileNotFoundError) as error:  # other files: no such hint
         read_state_dict(tmp_path / "mine.pt")
     assert "Jongchan" not in str(error.value)
+
+
+def test_a_command_run_in_process_restores_the_thread_count(capsys) -> None:
+    before = torch.get_num_threads()
+    asked = before + 1
+    assert main(["profile", "--arch", "resnet20", "--attention", "none", "--image-size", "8",
+                 "--repeats", "3", "--threads", str(asked)]) == 0
+    assert f"{asked} threads" in capsys.readouterr().out  # it ran with them
+    assert torch.get_num_threads() == before  # and gave them back

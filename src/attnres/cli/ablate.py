@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from .common import DefaultsFormatter, add_threads, apply_threads, number
+from .common import DefaultsFormatter, add_threads, number, with_threads
 from .options import parse_key_values
 
 
@@ -88,6 +88,7 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
     return settings
 
 
+@with_threads
 def run(args: argparse.Namespace) -> int:
     from attnres.ablation import ablate
 
@@ -109,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs {args.epochs}: must be a positive number")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
-    apply_threads(args)
     ablate(args.preset or args.grid, out=args.out, results=args.results, reuse=args.reuse,
            baseline=args.baseline, seeds=args.seeds, data=args.data,
            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,

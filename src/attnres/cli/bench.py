@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter, add_threads, apply_threads
+from .common import DefaultsFormatter, add_threads, with_threads
 from .options import parse_key_values
 
 HELP = "time a network with attention against the plain one (and timm's), same run"
@@ -56,6 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
+@with_threads
 def run_bench(args: argparse.Namespace) -> int:
     from ..utils import atomic_write_json
 
@@ -65,7 +66,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--out applies to --suite; a single bench writes --json PATH")
     from ..analysis.bench import bench, format_bench
 
-    threads = apply_threads(args)
+    threads = args.threads  # resolved by @with_threads
     result = bench(args.arch, args.attention, batch_size=args.batch_size,
                    image_size=args.image_size, device=args.device, mode=args.mode,
                    compare=tuple(args.compare), repeats=args.repeats or 20,

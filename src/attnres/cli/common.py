@@ -3,7 +3,10 @@ the help formatter that shows every option's default.
 
     add_threads(parser)     the one `--threads N` option (default: every core this
                             process may use, `default_threads()`)
-    apply_threads(args)     torch.set_num_threads(args.threads); returns the count
+    apply_threads(args)     torch.set_num_threads(args.threads); sets args.threads to the
+                            count and returns it
+    @with_threads           a command's run(args) with its --threads applied, and torch's
+                            thread count restored after it (in-process callers and tests)
     number("3") -> 3, number("0.5") -> 0.5
     DefaultsFormatter       help lines end in "(default: ...)" unless they say it already
 """
@@ -11,6 +14,8 @@ the help formatter that shows every option's default.
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 from typing import Any
 
 
@@ -35,7 +40,24 @@ def apply_threads(args: argparse.Namespace) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"--threads {threads!r}: must be a positive integer")
     torch.set_num_threads(threads)
+    args.threads = threads
     return threads
+
+
+def with_threads(run: Callable[[argparse.Namespace], Any]
+                 ) -> Callable[[argparse.Namespace], Any]:
+    """`run(args)` under `apply_threads(args)`, torch's thread count restored afterwards."""
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> Any:
+        import torch
+
+        before = torch.get_num_threads()
+        apply_threads(args)
+        try:
+            return run(args)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper
 
 
 def number(text: str) -> int | float:
@@ -67,4 +89,5 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
-__all__ = ["DefaultsFormatter", "add_threads", "apply_threads", "default_threads", "number"]
+__all__ = ["DefaultsFormatter", "add_threads", "apply_threads", "default_threads", "number",
+           "with_threads"]

@@ -6,7 +6,7 @@ import argparse
 
 from ..training.options_spec import default_text
 from .help import show_defaults
-from .common import add_threads, apply_threads
+from .common import add_threads, with_threads
 
 HELP = "evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix"
 
@@ -40,10 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show_defaults(p, {"cache_dir": default_text("cache_dir", None)})
 
 
+@with_threads
 def run(args: argparse.Namespace) -> int:
     from attnres.evaluation import evaluate_checkpoint, format_table
 
-    apply_threads(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
     if args.workers is not None and args.workers < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter, add_threads, apply_threads
+from .common import DefaultsFormatter, add_threads, with_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+@with_threads
 def run(args: argparse.Namespace) -> int:
     from attnres.analysis.explain import explain
 
-    apply_threads(args)
     result = explain(args.checkpoint, args.images, layer=args.layer,
                      attention_module=args.attention_module, out=args.out,
                      image_size=args.image_size, data=args.data,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import DefaultsFormatter, add_threads, apply_threads
+from .common import DefaultsFormatter, add_threads, with_threads
 
 HELP = "export a checkpoint as ONNX, torch.export (pt2) or int8, with accuracy and speed"
 
@@ -44,10 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@with_threads
 def run(args: argparse.Namespace) -> int:
     from attnres.export import export_model, format_report
 
-    apply_threads(args)
     report = export_model(args.checkpoint, args.format, args.out, data=args.data,
                           opset=args.opset, dynamic=args.dynamic, exporter=args.exporter,
                           image_size=args.image_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter, add_threads, apply_threads
+from .common import DefaultsFormatter, add_threads, with_threads
 from .options import parse_key_values
 
 HELP = "parameters, FLOPs, activation memory and latency, with and without attention"
@@ -31,11 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_profile)
 
 
+@with_threads
 def run_profile(args: argparse.Namespace) -> int:
     from ..analysis.profile import format_profile, profile_model
     from ..utils import atomic_write_json
 
-    threads = apply_threads(args)
+    threads = args.threads  # resolved by @with_threads
     attention = None if str(args.attention).lower() == "none" else args.attention
     result = profile_model(args.arch, attention, placement=args.placement,
                            image_size=args.image_size, batch_size=args.batch_size,

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from .help import show_train_defaults
-from .common import add_threads, apply_threads, number
+from .common import add_threads, number, with_threads
 from .options import parse_key_values
 
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
@@ -193,10 +193,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(**values)
 
 
+@with_threads
 def run_train(args: argparse.Namespace) -> int:
     from attnres.training import train
 
     config = config_from_args(args)
-    apply_threads(args)
     train(config, given=options_given(args))
     return 0
