@@ -75,11 +75,12 @@ def test_every_computing_command_takes_the_same_threads_option(name: str) -> Non
     assert f"{default_threads()} here" in action.help
 
 
-def test_threads_default_to_every_usable_core() -> None:
+def test_threads_default_to_torchs_own_count_and_are_recorded() -> None:
     before = torch.get_num_threads()
     try:
-        assert apply_threads(argparse.Namespace(threads=None)) == default_threads()
-        assert torch.get_num_threads() == default_threads()
+        args = argparse.Namespace(threads=None)
+        assert apply_threads(args) == before == default_threads() == args.threads
+        assert torch.get_num_threads() == before  # a caller's setting is left alone
         assert apply_threads(argparse.Namespace(threads=1)) == 1 == torch.get_num_threads()
         with pytest.raises(ValueError, match="--threads 0"):
             apply_threads(argparse.Namespace(threads=0))

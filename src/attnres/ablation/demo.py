@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from ..utils import usable_cores
 from .grid import Grid
 
 DEMO_EPOCHS = 5
@@ -48,14 +47,15 @@ def demo(out: str | Path = "runs/demo", epochs: float | None = None,
          ) -> list[dict[str, Any]]:
     """Train and report resnet20 without attention, with SE and with CBAM on digits at
     `DEMO_IMAGE_SIZE` px, seed 0 (see `ablate`), with `threads` torch threads (default:
-    every core this process may use). Returns the report's rows."""
+    torch's count, which in a fresh process is every core it may use; the report records
+    it). Returns the report's rows."""
     from .costs import hardware
     from .run import ablate
 
     epochs = DEMO_EPOCHS if epochs is None else epochs
     if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
         raise ValueError(f"epochs={epochs!r}: must be a positive number")
-    threads = usable_cores() if threads is None else threads
+    threads = torch.get_num_threads() if threads is None else threads
     start = time.perf_counter()
     with torch_threads(threads):
         log(f"demo: resnet20 baseline / SE / CBAM on digits at {DEMO_IMAGE_SIZE} px, "

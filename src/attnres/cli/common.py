@@ -1,10 +1,10 @@
 """What several commands share: `--threads`, numbers that may be whole or fractional, and
 the help formatter that shows every option's default.
 
-    add_threads(parser)     the one `--threads N` option (default: every core this
-                            process may use, `default_threads()`)
-    apply_threads(args)     torch.set_num_threads(args.threads); sets args.threads to the
-                            count and returns it
+    add_threads(parser)     the one `--threads N` option (default: torch's own count,
+                            which in a fresh process is every core it may use)
+    apply_threads(args)     torch.set_num_threads(args.threads) when given; sets
+                            args.threads to the count in use and returns it
     @with_threads           a command's run(args) with its --threads applied, and torch's
                             thread count restored after it (in-process callers and tests)
     number("3") -> 3, number("0.5") -> 0.5
@@ -20,26 +20,30 @@ from typing import Any
 
 
 def default_threads() -> int:
-    """CPU cores this process may run on (`attnres.utils.usable_cores`)."""
-    from ..utils import usable_cores
+    """The thread count a command uses without --threads: torch's own, which in a fresh
+    process is every core the process may use (its physical cores on SMT machines), and is
+    left as it is for a caller that set it."""
+    import torch
 
-    return usable_cores()
+    return torch.get_num_threads()
 
 
 def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help=f"CPU threads for PyTorch (default: every core this process may "
-                             f"use, {default_threads()} here)")
+                        help=f"CPU threads for PyTorch (default: torch's own, every core of "
+                             f"this process: {default_threads()} here)")
 
 
 def apply_threads(args: argparse.Namespace) -> int:
-    """Set torch's thread count from `args.threads` (None: `default_threads()`); return it."""
+    """Set torch's thread count to `args.threads` (None: leave `default_threads()`); store
+    the count in use in `args.threads` and return it."""
     import torch
 
     threads = default_threads() if args.threads is None else args.threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"--threads {threads!r}: must be a positive integer")
-    torch.set_num_threads(threads)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     args.threads = threads
     return threads
 
