@@ -124,14 +124,6 @@ def resolve_device(device: Any = "auto") -> Any:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def time_interleaved_samples(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
                              repeats: int = 20, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds of each call of each function, timed in turns (A B C A B C ...), so that
@@ -182,4 +174,4 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3,
 
 __all__ = ["CLOCKS", "MAX_IMAGE_SIZE", "atomic_write", "atomic_write_json", "check_image_size",
            "closest", "median_iqr", "resolve_device", "time_interleaved",
-           "time_interleaved_samples", "usable_cores"]
+           "time_interleaved_samples"]
