@@ -1,11 +1,15 @@
 """Shared test set-up: one torch thread per test process (CI has 2 cores and the suite
-runs in two pytest-xdist workers), the non-interactive matplotlib backend, and the tiny
+runs in two pytest-xdist workers), the non-interactive matplotlib backend, amp "auto" as
+fp32 (ATTNRES_CPU_BF16=0), and the tiny
 digits data and training run (see tiny_run.py) that several test files use."""
 
 import os
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# amp "auto" (the default) resolves to fp32 on CPU in tests, whatever CPU CI runs on, so
+# results do not depend on the machine; the bf16 tests ask for bf16 (or fake the CPU flags).
+os.environ["ATTNRES_CPU_BF16"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -38,13 +38,16 @@ def trainer(monkeypatch: pytest.MonkeyPatch):
 
 
 def fake_train(calls: list):
-    """A stand-in for the trainer: writes the three small files a finished run leaves,
-    with a top-1 that depends on the configuration and the seed."""
+    """A stand-in for the trainer: writes the three small files a finished run leaves
+    (recording the precision amp resolved to, as the trainer does), with a top-1 that depends
+    on the configuration and the seed."""
+    from attnres.precision import resolve_amp
+
     def train(config) -> dict:
         calls.append(config)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        settings = dataclasses.asdict(config)
+        settings = {**dataclasses.asdict(config), "amp": resolve_amp(config.amp, "cpu").dtype}
         top1 = 50.0 + config.seed + 2.0 * len(config.attention or "")
         summary = {"last_val_top1": top1, "last_val_top5": 90.0, "best_val_top1": top1,
                    "params": 1000, "finished": True, "config": settings}

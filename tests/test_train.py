@@ -120,7 +120,7 @@ def test_attention_parameters_come_from_the_registry():
 # The 15-epoch CIFAR-10 grid's recipe, written out independently of attnres.training.RECIPES.
 CIFAR_FAST = dict(arch="resnet20", epochs=30, batch_size=128, lr=0.1, momentum=0.9,
                   nesterov=True, weight_decay=5e-4, label_smoothing=0.1, schedule="cosine",
-                  warmup_epochs=1.0, amp=True, channels_last=True)
+                  warmup_epochs=1.0, amp="bf16", channels_last=True)
 
 
 def cli_config(*argv: str) -> TrainConfig:
@@ -137,7 +137,7 @@ def test_recipe_gives_exactly_its_values_and_flags_override_them():
     validate_config(config)
     config = cli_config("--recipe", "cifar-fast", "--epochs", "3", "--no-amp", "--lr", "0.05",
                         "--attention", "se")
-    assert config == TrainConfig(**{**CIFAR_FAST, "epochs": 3, "amp": False, "lr": 0.05},
+    assert config == TrainConfig(**{**CIFAR_FAST, "epochs": 3, "amp": "fp32", "lr": 0.05},
                                  attention="se", recipe="cifar-fast")
     assert cli_config("--epochs", "3").recipe is None
 

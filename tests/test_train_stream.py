@@ -31,7 +31,7 @@ IMAGENET_RESNET = dict(arch="resnet50", image_size=224, epochs=90, batch_size=25
                        momentum=0.9, nesterov=False, weight_decay=1e-4, label_smoothing=0.1,
                        schedule="step", step_milestones=[30 / 90, 60 / 90, 80 / 90],
                        step_gamma=0.1, warmup_epochs=5.0, loader="stream", workers=8,
-                       mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], amp=True,
+                       mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], amp="bf16",
                        channels_last=True)
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .checkpoint import checkpoint_file, load_checkpoint, load_model, read_checkpoint_config
 from .data import NAMED_DATASETS, BatchLoader, ImageData, StreamLoader, load_dataset, open_stream
+from .precision import AmpChoice, autocast_context, resolve_amp
 from .utils import atomic_write, atomic_write_json, resolve_device
 
 
@@ -65,15 +66,16 @@ def _summarise(loss: float, top1: int, topk: int, confusion: torch.Tensor,
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_size: int = 256,
-             device: str | torch.device = "cpu") -> dict:
+             device: str | torch.device = "cpu", amp: str | bool = "auto") -> dict:
     """Top-1, top-5 (top-k capped at the class count), mean cross-entropy, per-class accuracy
     and confusion matrix (rows: true class, columns: predicted) of `model` on `data.<split>`.
 
     The split is normalised with `data.mean` / `data.std` (set these to the checkpoint's
     statistics when evaluating a trained model on new data). The model's train/eval mode is
-    restored afterwards. Returns {top1, top5, topk, loss, per_class, confusion, n}; top1,
-    top5 and per_class are percentages (0-100, like summary.json), loss is the mean
-    cross-entropy, n the number of images.
+    restored afterwards. `amp`: the precision ("auto", "bf16", "fp16", "fp32";
+    `attnres.precision.resolve_amp`). Returns {top1, top5, topk, loss, per_class, confusion,
+    n, amp}; top1, top5 and per_class are percentages (0-100, like summary.json), loss is
+    the mean cross-entropy, n the number of images, amp the precision that ran.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r} is not one of: train, val")
@@ -81,14 +83,16 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
     loader = BatchLoader(images.images, images.labels, batch_size=batch_size, train=False,
                          mean=data.mean, std=data.std, kind=data.kind,
                          image_size=data.image_size)
-    return _evaluate_batches(model, loader, data.classes, resolve_device(device))
+    device = resolve_device(device)
+    return _evaluate_batches(model, loader, data.classes, device, resolve_amp(amp, device))
 
 
 @torch.inference_mode()
 def _evaluate_batches(model: nn.Module, loader: Any, classes: Sequence[str],
-                      device: torch.device) -> dict:
+                      device: torch.device, amp: AmpChoice) -> dict:
     """The metrics of `evaluate` over the normalised batches `(B, 3, S, S)`, `(B,)` of
-    `loader` (a `BatchLoader` or a `StreamLoader`)."""
+    `loader` (a `BatchLoader` or a `StreamLoader`), under `amp`'s autocast; the batches go
+    in the model's memory format."""
     num_classes = len(classes)
     k = min(5, num_classes)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -96,8 +100,11 @@ def _evaluate_batches(model: nn.Module, loader: Any, classes: Sequence[str],
     was_training = model.training
     model.eval()
     try:
+        layout = _memory_format(model)
         for x, y in loader:
-            logits = model(x.to(device, non_blocking=True))
+            with autocast_context(amp, device):
+                logits = model(x.to(device, non_blocking=True).contiguous(memory_format=layout))
+            logits = logits.float()
             if logits.shape[1] != num_classes:
                 raise ValueError(f"model gives {logits.shape[1]} outputs but the data has "
                                  f"{num_classes} classes")
@@ -105,7 +112,17 @@ def _evaluate_batches(model: nn.Module, loader: Any, classes: Sequence[str],
             loss_sum, top1, topk = loss_sum + loss, top1 + hits1, topk + hitsk
     finally:
         model.train(was_training)
-    return _summarise(loss_sum, top1, topk, confusion, classes, k)
+    return {**_summarise(loss_sum, top1, topk, confusion, classes, k), "amp": amp.dtype}
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last if the model's first 4-d weight is (as `attnres train` leaves it under
+    bf16 autocast), else contiguous."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) \
+                and not p.is_contiguous() else torch.contiguous_format
+    return torch.contiguous_format
 
 
 def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str],
@@ -150,7 +167,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
                         val_split: float | None = None, split_seed: int | None = None,
                         batch_size: int = 256, device: str | torch.device = "cpu",
                         cache_dir: str | Path | None = None, loader: str | None = None,
-                        workers: int | None = None) -> dict[str, Any]:
+                        workers: int | None = None, amp: str | bool = "auto") -> dict[str, Any]:
     """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
     `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
 
@@ -159,13 +176,18 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     size, never with statistics of the new data. `loader` ("memory" or "stream"; default:
     the one the run trained with) says whether the data is decoded into memory or streamed
     (validation transforms of `attnres.data.stream`, `workers` DataLoader workers, default
-    the run's). Returns the metrics plus "checkpoint", "data", "split" and "files".
+    the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with native bf16, in the
+    channels_last layout `attnres train` uses there. Returns the metrics plus "checkpoint",
+    "data", "split", "amp", "amp_reason" and "files".
     """
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r} is not one of: train, val")
     device = resolve_device(device)
     file = checkpoint_file(checkpoint)  # a run folder: its best checkpoint, else its last
     model = load_model(file, map_location=device)  # checks the checkpoint first
+    choice = resolve_amp(amp, device)
+    if choice.enabled:  # oneDNN's bf16 convolutions are NHWC, as in training
+        model.to(memory_format=torch.channels_last)
     config = read_checkpoint_config(file)
     prep = dict(getattr(model, "preprocessing", {}) or {})
     if not {"mean", "std", "image_size"} <= set(prep):
@@ -197,18 +219,20 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
                          f"trained on {classes[:10]}")
     dataset = dataclasses.replace(dataset, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     if isinstance(dataset, ImageData):
-        result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device)
+        result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device,
+                          amp=choice.dtype)
     else:
         batches = StreamLoader(getattr(dataset, split), batch_size=batch_size, train=False,
                                mean=dataset.mean, std=dataset.std, kind=dataset.kind,
                                image_size=dataset.image_size, persistent_workers=False,
                                num_workers=int(config.get("workers", 0) if workers is None
                                                else workers))
-        result = _evaluate_batches(model, batches, dataset.classes, device)
+        result = _evaluate_batches(model, batches, dataset.classes, device, choice)
     out_dir = Path(out) if out is not None else file.parent / "eval"
     json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
-    result.update(accuracy_unit="percent", checkpoint=str(file), data=str(spec), split=split, loader=(
-                      "memory" if isinstance(dataset, ImageData) else "stream"),
+    result.update(accuracy_unit="percent", checkpoint=str(file), data=str(spec), split=split,
+                  loader="memory" if isinstance(dataset, ImageData) else "stream",
+                  amp_reason=choice.reason,
                   files={"json": str(json_path), "confusion": str(png_path)})
     save_confusion_png(result["confusion"], dataset.classes, png_path)
     atomic_write_json(json_path, result)

@@ -6,12 +6,15 @@
     resolve_amp("bf16" | "fp16" | "fp32", device), resolve_amp(True | False | None, device)
 
 `autocast_context(choice, device)` is the matching `torch.autocast` (or a no-op for fp32).
+The environment variable ATTNRES_CPU_BF16=0 (or 1) overrides what /proc/cpuinfo says, for a
+virtual machine whose flags are wrong and for tests that must not depend on the CPU.
 This module sits at the bottom of the import order: it imports only torch and attnres.utils.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ REQUESTS = ("auto", "bf16", "fp16", "fp32")
 # /proc/cpuinfo flags that mean the CPU computes bf16 dot products natively (Intel AMX,
 # AVX-512 BF16 on Intel Cooper Lake+ and AMD Zen 4+); without them bf16 is emulated and slower.
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_ENV = "ATTNRES_CPU_BF16"
 _ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32",
             "float": "fp32", "none": "fp32", "off": "fp32", "on": "auto"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -89,7 +93,9 @@ def cpu_has_native_bf16(cpuinfo: str | None = None,
     return bool(cpu_bf16_flags(cpuinfo, path))
 
 
-def _normalise(request: str | bool | None) -> str:
+def amp_request(request: str | bool | None) -> str:
+    """`request` in canonical form ("auto", "bf16", "fp16" or "fp32"; True is "auto", False
+    and None "fp32", "bfloat16" "bf16", ...); ValueError naming it otherwise."""
     if request is None or request is False:
         return "fp32"
     if request is True:
@@ -113,7 +119,7 @@ def resolve_amp(request: str | bool | None, device: Any,
     read from `cpuinfo` text when given), else fp32. An explicit "bf16" is honoured on any
     device (slow where it is emulated); "fp16" needs CUDA (CPU autocast has no fp16 scaler).
     """
-    key = _normalise(request)
+    key = amp_request(request)
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     cuda = dev.type == "cuda"
     if key == "fp32":
@@ -131,11 +137,17 @@ def resolve_amp(request: str | bool | None, device: Any,
         return AmpChoice(True, "fp16", True, "auto: this GPU has no bf16; fp16 + GradScaler")
     if dev.type == "cpu":
         native = cpu_bf16_flags(cpuinfo)
+        forced = os.environ.get(CPU_BF16_ENV) if cpuinfo is None else None
+        if forced is not None:
+            if forced not in ("0", "1"):
+                raise ValueError(f"{CPU_BF16_ENV}={forced!r}: allowed 0 or 1")
+            native = [f"{CPU_BF16_ENV}={forced}"] if forced == "1" else []
         if native:
             return AmpChoice(True, "bf16", False,
                              f"auto: the CPU has native bf16 ({', '.join(native)})")
-        return AmpChoice(False, "fp32", False,
-                         "auto: the CPU has no native bf16 (no amx_bf16 / avx512_bf16)")
+        why = (f"{CPU_BF16_ENV}=0" if forced == "0"
+               else "no amx_bf16 / avx512_bf16")
+        return AmpChoice(False, "fp32", False, f"auto: the CPU has no native bf16 ({why})")
     return AmpChoice(False, "fp32", False, f"auto: no mixed precision on {dev.type}")
 
 
@@ -147,5 +159,6 @@ def autocast_context(choice: AmpChoice, device: Any) -> contextlib.AbstractConte
     return torch.autocast(dev.type, dtype=choice.torch_dtype)
 
 
-__all__ = ["AmpChoice", "NATIVE_BF16_FLAGS", "REQUESTS", "autocast_context", "cpu_bf16_flags",
-           "cpu_flags", "cpu_has_native_bf16", "cpu_model", "resolve_amp"]
+__all__ = ["AmpChoice", "CPU_BF16_ENV", "NATIVE_BF16_FLAGS", "REQUESTS", "amp_request",
+           "autocast_context", "cpu_bf16_flags", "cpu_flags", "cpu_has_native_bf16", "cpu_model",
+           "resolve_amp"]

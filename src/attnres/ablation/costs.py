@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import autocast_context, resolve_amp
+from ..training import upgrade_config_dict
+
 COSTS_FORMAT = "attnres-costs/1"
 MEMORY_STEPS = 2  # training steps whose allocator peak is taken, the largest reported
 
@@ -76,9 +79,9 @@ def _train_step(model: nn.Module, settings: Mapping[str, Any], batch_size: int,
                 ) -> Callable[[], None]:
     """One SGD step of `model` on a fixed random batch `(batch_size, 3, S, S)`, with the
     run's autocast and memory layout (those of `attnres train`)."""
-    amp = bool(settings.get("amp"))
-    dtype = torch.float16 if settings.get("amp_dtype") == "float16" else torch.bfloat16
-    channels_last = bool(settings.get("channels_last", True)) and (device.type == "cuda" or amp)
+    amp = resolve_amp(upgrade_config_dict(settings).get("amp", "auto"), device)
+    channels_last = bool(settings.get("channels_last", True)) and (device.type == "cuda"
+                                                                    or amp.enabled)
     layout = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=layout).train()
     generator = torch.Generator().manual_seed(0)
@@ -89,7 +92,7 @@ def _train_step(model: nn.Module, settings: Mapping[str, Any], batch_size: int,
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+        with autocast_context(amp, device):
             logits = model(x)
         F.cross_entropy(logits.float(), y).backward()
         optimizer.step()

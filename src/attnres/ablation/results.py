@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..training import upgrade_config_dict
 from ..utils import atomic_write, atomic_write_json
 
 # Fields that do not change what is learned: the seed (one per run) and how a run executes.
@@ -99,7 +100,7 @@ def placement_plan(settings: dict[str, Any]) -> dict[str, Any] | None:
 
 def run_identity(settings: dict[str, Any]) -> dict[str, Any]:
     """The recipe of a TrainConfig dict, as compared between runs (module docstring)."""
-    normal = json.loads(json.dumps(settings, default=str))
+    normal = json.loads(json.dumps(upgrade_config_dict(settings), default=str))
     identity = {k: v for k, v in normal.items()
                 if k not in RUN_FIELDS and k not in PLACEMENT_FIELDS}
     if "data" in identity:
@@ -118,7 +119,7 @@ def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[s
     a, b = run_identity(stored), run_identity(wanted)
     out = []
     for key in a:
-        if key == "loader" and "auto" in (a[key], b.get(key)):
+        if key in ("loader", "amp") and "auto" in (a[key], b.get(key)):
             continue  # "auto" is resolved per machine; a run records what it resolved to
         if key in b and a[key] != b[key]:
             if key == "placement":
@@ -196,6 +197,7 @@ def read_run(folder: Path) -> Run | None:
         settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         settings = dict(summary.get("config") or {})
+    settings = upgrade_config_dict(settings)  # an older attnres's amp / amp_dtype
     seed = int(m.group("seed"))
     if settings.get("seed", seed) != seed:
         raise ValueError(f"{folder}: the folder name says seed {seed}, config.json says seed "

@@ -203,7 +203,7 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
           repeats: int = 20, warmup: int = 3, channels_last: bool = False,
           threads: int | None = None, placement: str = "block", impl: str | None = None,
           attention_kwargs: dict[str, Any] | None = None, seed: int = 0,
-          amp: str | bool | None = "fp32", clock: str = "wall") -> dict[str, Any]:
+          amp: str | bool | None = "auto", clock: str = "wall") -> dict[str, Any]:
     """Time the plain network (baseline), the network with attention (attnres) and, with
     `compare=("timm",)`, timm's counterpart, interleaved in one run, on random
     `(batch_size, 3, image_size, image_size)` inputs, all at the precision `amp` chooses

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from ..attention import attention_spec, closest
+from ..precision import autocast_context, resolve_amp
 from ..utils import atomic_write
 from .attention_maps import attention_map, spatial_gates
 from .explain_plot import (DISPLAY_SIZE, cam_title, center_square, draw_grid, gate_title,
@@ -227,13 +228,20 @@ def _predict(model: nn.Module, x: torch.Tensor, attention_module: str | None
 def grad_cam(model: nn.Module, target_layer: nn.Module, x: torch.Tensor,
              class_indices: Sequence[int]) -> np.ndarray:
     """Grad-CAM maps `(B, H, W)` float32 in [0, 1] for input `x` `(B, 3, H, W)`, one per
-    image for its class in `class_indices`, from the `grad-cam` package."""
+    image for its class in `class_indices`, from the `grad-cam` package. Under autocast the
+    target layer's output (and so its gradient) is taken in fp32: the package reads both
+    through numpy, which has no bf16."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     targets = [ClassifierOutputTarget(int(c)) for c in class_indices]
-    with torch.enable_grad(), GradCAM(model=model, target_layers=[target_layer]) as cam:
-        maps = cam(input_tensor=x.clone().requires_grad_(True), targets=targets)
+    # registered before GradCAM's own hook, so that one sees the fp32 tensor
+    to_fp32 = target_layer.register_forward_hook(lambda m, a, out: out.float())
+    try:
+        with torch.enable_grad(), GradCAM(model=model, target_layers=[target_layer]) as cam:
+            maps = cam(input_tensor=x.clone().requires_grad_(True), targets=targets)
+    finally:
+        to_fp32.remove()
     return np.clip(maps, 0.0, 1.0).astype(np.float32)
 
 
@@ -263,7 +271,8 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
             out: str | os.PathLike = "explain", image_size: int | None = None,
             data: str | None = None, num_images: int = 4,
             labels: Sequence[str | None] | None = None,
-            device: str | torch.device | None = None) -> dict[str, Any]:
+            device: str | torch.device | None = None,
+            amp: str | bool = "auto") -> dict[str, Any]:
     """Grad-CAM (and spatial attention maps) of every image under every model.
 
     Args:
@@ -285,6 +294,8 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
         labels: the true class name of each of `images` (None where unknown), shown in the
             titles next to the predicted class.
         device: None: CUDA when available, else CPU.
+        amp: the precision of the forward and backward passes ("auto", "bf16", "fp16",
+            "fp32"; `attnres.precision.resolve_amp`); the maps themselves are fp32.
 
     Each image is centre-cropped to a square and resized to the input size; the maps are
     drawn on the same crop, on one fixed 0-1 colour scale (`explain_plot`). Returns the
@@ -295,6 +306,7 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
         raise ValueError(f"image_size={image_size!r}: must be an integer >= 8")
     named_images = _named_images(images, data, num_images, labels)
     models = _named_models(checkpoints, device)
+    choice = resolve_amp(amp, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -303,13 +315,15 @@ def explain(checkpoints: Sequence[str | os.PathLike | nn.Module], images: Sequen
     # cells[image index] = list of (title, RGB array) after the image itself
     cells: list[list[tuple[str, np.ndarray]]] = [[] for _ in named_images]
     for label, ckpt, model in models:
-        info, records = _explain_model(label, model, named_images, cells, out, layer,
-                                       attention_module, image_size, device)
+        with autocast_context(choice, device):
+            info, records = _explain_model(label, model, named_images, cells, out, layer,
+                                           attention_module, image_size, device)
         model_info.append({"name": label, "checkpoint": ckpt, **info})
         results += records
 
     drawn = draw_grid(named_images, cells, out / "grid.png")
     summary = {"images": [name for name, _, _ in named_images], "models": model_info,
+               "amp": choice.dtype, "amp_reason": choice.reason,
                "results": results, "grid": str(out / "grid.png"), "titles": drawn["titles"]}
     atomic_write(out / "explain.json", json.dumps(summary, indent=2) + "\n")
     return summary

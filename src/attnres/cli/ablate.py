@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from .common import DefaultsFormatter, add_threads, number, with_threads
+from .common import DefaultsFormatter, add_amp, add_threads, number, with_threads
 from .options import parse_key_values
 
 
@@ -75,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="skip measuring the costs (latency, training speed, memory)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the Grad-CAM / attention-map grid")
+    add_amp(parser, default=None)
     add_threads(parser)
     parser.set_defaults(func=run)
 
@@ -101,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
     if args.val_split is not None:
         # whole numbers mean a count of images, as in `attnres train --val-split`
         overrides["val_split"] = int(args.val_split) if args.val_split >= 1 else args.val_split
-    if args.device is not None:
-        overrides["device"] = args.device
+    for field in ("device", "amp"):
+        if getattr(args, field) is not None:
+            overrides[field] = getattr(args, field)
     for field in ("max_steps", "max_time", "subset"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)

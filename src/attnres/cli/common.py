@@ -7,6 +7,7 @@ the help formatter that shows every option's default.
                             args.threads to the count in use and returns it
     @with_threads           a command's run(args) with its --threads applied, and torch's
                             thread count restored after it (in-process callers and tests)
+    add_amp(parser)         `--amp PRECISION` (default auto) and `--no-amp` (fp32)
     number("3") -> 3, number("0.5") -> 0.5
     DefaultsFormatter       help lines end in "(default: ...)" unless they say it already
 """
@@ -32,6 +33,20 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help=f"CPU threads for PyTorch (default: torch's own, every core of "
                              f"this process: {default_threads()} here)")
+
+
+AMP_HELP = ("auto, bf16, fp16 (CUDA) or fp32; auto is bf16 on CUDA (fp16 where the GPU has "
+            "no bf16) and on a CPU with native bf16 (amx_bf16 / avx512_bf16), else fp32")
+
+
+def add_amp(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """`--amp [PRECISION]` (alone: auto) and `--no-amp` (fp32), into `args.amp`; `default`
+    None lets the caller tell an option left out (train and ablate's recipes)."""
+    shown = default or "the recipe's, else auto"
+    parser.add_argument("--amp", nargs="?", const="auto", default=default, metavar="PRECISION",
+                        help=f"{AMP_HELP} (default: {shown})")
+    parser.add_argument("--no-amp", dest="amp", action="store_const", const="fp32",
+                        help="fp32 throughout, the same as --amp fp32 (default: off)")
 
 
 def apply_threads(args: argparse.Namespace) -> int:
@@ -93,5 +108,5 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
-__all__ = ["DefaultsFormatter", "add_threads", "apply_threads", "default_threads", "number",
+__all__ = ["AMP_HELP", "DefaultsFormatter", "add_amp", "add_threads", "apply_threads", "default_threads", "number",
            "with_threads"]

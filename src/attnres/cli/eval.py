@@ -6,7 +6,7 @@ import argparse
 
 from ..training.options_spec import default_text
 from .help import show_defaults
-from .common import add_threads, with_threads
+from .common import add_amp, add_threads, with_threads
 
 HELP = "evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix"
 
@@ -35,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="DataLoader workers when streaming (default: the run's)")
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
+    add_amp(p)
     add_threads(p)
     p.set_defaults(func=run)
     show_defaults(p, {"cache_dir": default_text("cache_dir", None)})
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                                  val_split=args.val_split, split_seed=args.split_seed,
                                  batch_size=args.batch_size, device=args.device,
                                  cache_dir=args.cache_dir, loader=args.loader,
-                                 workers=args.workers)
+                                 workers=args.workers, amp=args.amp)
+    print(f"precision: {result['amp']} ({result['amp_reason']})")
     print(format_table(result))
     print(f"wrote {result['files']['json']} and {result['files']['confusion']}")
     return 0

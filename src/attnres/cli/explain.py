@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter, add_threads, with_threads
+from .common import DefaultsFormatter, add_amp, add_threads, with_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="model input size (default: the one the model was trained at)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--out", required=True, help="output folder")
+    add_amp(parser)
     add_threads(parser)
     parser.set_defaults(func=run)
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     result = explain(args.checkpoint, args.images, layer=args.layer,
                      attention_module=args.attention_module, out=args.out,
                      image_size=args.image_size, data=args.data,
-                     num_images=args.num_images, device=args.device)
+                     num_images=args.num_images, device=args.device, amp=args.amp)
+    print(f"precision: {result['amp']} ({result['amp_reason']})")
     for r in result["results"]:
         line = f"{r['image']:<12} {r['model']:<24} {r['pred_class']:<12} p={r['prob']:.3f}"
         if "attention" in r:

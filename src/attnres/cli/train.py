@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from .help import show_train_defaults
-from .common import add_threads, number, with_threads
+from .common import add_amp, add_threads, number, with_threads
 from .options import parse_key_values
 
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
@@ -130,11 +130,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                     help="mixed precision (CUDA: bf16, or fp16 with --amp-dtype float16)")
-    run.add_argument("--amp-dtype", choices=["bfloat16", "float16"])
+    add_amp(run, default=None)  # None: a resumed run knows whether it was given
     run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                     help="channels_last memory format on CUDA (default on)")
+                     help="channels_last memory format on CUDA and under CPU bf16")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                      help="deterministic CUDA kernels (slower)")

@@ -24,7 +24,7 @@ Checkpoint files and run folders are read and written by `attnres.checkpoint`.
 from __future__ import annotations
 
 from .config import (RESUME_OVERRIDABLE, NonFiniteLossError, NonFiniteModelError, TrainConfig,
-                     validate_config)
+                     upgrade_config_dict, validate_config)
 from .loop import train
 from .normalisation import normalisation_for
 from .recipe import (RECIPES, attention_parameter_names, lr_factor, param_groups,
@@ -33,4 +33,5 @@ from .run_folder import RunLockedError
 
 __all__ = ["RECIPES", "RESUME_OVERRIDABLE", "NonFiniteLossError", "NonFiniteModelError",
            "RunLockedError", "TrainConfig", "attention_parameter_names", "lr_factor",
-           "normalisation_for", "param_groups", "recipe_values", "train", "validate_config"]
+           "normalisation_for", "param_groups", "recipe_values", "train", "upgrade_config_dict",
+           "validate_config"]

@@ -70,9 +70,9 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"                     # "auto", "cpu", "cuda" or "cuda:N"
-    amp: bool = False                        # autocast (CUDA: bf16 or fp16 + GradScaler)
-    amp_dtype: str = "bfloat16"              # "bfloat16" or "float16"
-    channels_last: bool = True               # CUDA, and CPU under --amp
+    amp: str = "auto"                        # "auto", "bf16", "fp16" or "fp32" (precision.py);
+                                             # a run records what "auto" resolved to
+    channels_last: bool = True               # CUDA, and CPU under bf16 autocast
     compile: bool = False                    # torch.compile the model
     deterministic: bool = False              # CUDA: deterministic kernels (slower)
     out: str | None = None                   # None: runs/<arch>-<attention>-s<seed>
@@ -90,6 +90,18 @@ class TrainConfig:
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "out", "resume", "overwrite",
                       "device", "compile", "monitor", "skip_nonfinite", "tensorboard", "quiet",
                       "precise_bn", "workers"}
+
+
+def upgrade_config_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig dict of an older attnres (a checkpoint's or a config.json's) in today's
+    fields: `amp` was a bool with `amp_dtype` ("bfloat16" or "float16") beside it, and is
+    now the precision that ran ("bf16", "fp16" or "fp32")."""
+    values = dict(values)
+    amp_dtype = values.pop("amp_dtype", "bfloat16")
+    if isinstance(values.get("amp"), bool):
+        values["amp"] = ("fp16" if amp_dtype == "float16" else "bf16") if values["amp"] \
+            else "fp32"
+    return values
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,4 +146,4 @@ def _validate_data_options(config: TrainConfig) -> None:
 
 
 __all__ = ["RESUME_OVERRIDABLE", "NonFiniteLossError", "NonFiniteModelError", "TrainConfig",
-           "validate_config"]
+           "upgrade_config_dict", "validate_config"]

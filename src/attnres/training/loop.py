@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import CHECKPOINT_FORMAT
+from ..precision import AmpChoice, autocast_context, cpu_bf16_flags, cpu_model, resolve_amp
 from . import finite, report
 from .config import NonFiniteLossError, TrainConfig, validate_config
 from .data_setup import check_resumed_data, load_run_data
@@ -101,7 +102,7 @@ class _Run:
     preprocessing: dict[str, Any]
     channels_last: bool
     data_record: dict[str, Any]  # the loader kind and data fingerprint (data_setup)
-    autocast_dtype: torch.dtype | None  # None: no autocast
+    amp: AmpChoice                  # the precision config.amp resolved to (precision.py)
     net: nn.Module | None = None    # raw_model, compiled when asked: validation runs on it
     model: nn.Module | None = None  # net, in DDP when distributed: training runs on it
     writer: Any = None              # TensorBoard, rank 0 only
@@ -121,9 +122,7 @@ class _Run:
             report.print_line(message)
 
     def autocast(self) -> Any:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.amp, self.device)
 
     def checkpoint(self, epoch: int, batch: int, partial: list[float]) -> dict[str, Any]:
         """What `last.pt` / `best.pt` hold: enough to continue from step `batch` of `epoch`."""
@@ -137,6 +136,11 @@ class _Run:
                 "world_size": self.ddp.world_size, "data": self.data_record,
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
+    def precision(self) -> dict[str, Any]:
+        """What summary.json says of the precision: the choice, why, and the hardware."""
+        return {"amp": self.amp.dtype, "reason": self.amp.reason, "device": str(self.device),
+                "cpu": cpu_model(), "cpu_bf16_flags": cpu_bf16_flags()}
+
     def steps_done(self) -> int:
         return int(self.scheduler.last_epoch)  # one scheduler step per optimizer step
 
@@ -149,7 +153,8 @@ class _Run:
                                  finished=steps["stop_reason"] is not None,
                                  params=sum(p.numel() for p in self.raw_model.parameters()),
                                  world_size=self.ddp.world_size, error=error, steps=steps,
-                                 normalisation=self.preprocessing.get("normalisation")),
+                                 normalisation=self.preprocessing.get("normalisation"),
+                                 precision=self.precision()),
                 "data": self.data_record}
 
 
@@ -170,6 +175,7 @@ def _run(config: TrainConfig, ckpt: dict | None, ddp: Dist, out: Path,
             run.writer = report.open_tensorboard(
                 out, resumed_at=run.start_epoch if ckpt is not None else None)
 
+    run.log(f"precision: {run.amp.dtype} ({run.amp.reason})")
     best = max((row["val_top1"] for row in run.metrics), default=-1.0)
     memory = MemoryMeter(run.device)
     memory.start()
@@ -221,6 +227,10 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path, model: nn.Module | None 
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
     seed_everything(config.seed)
+    # "auto" becomes the precision it chose, so config.json, summary.json and the
+    # checkpoints say what ran, and a resumed run runs the same arithmetic
+    amp = resolve_amp(config.amp, device)
+    config = dataclasses.replace(config, amp=amp.dtype)
 
     run_data = load_run_data(config, ddp, device)  # in memory or streamed (data_setup)
     config, data = run_data.config, run_data.data
@@ -228,7 +238,7 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path, model: nn.Module | None 
     raw_model = make_model(config, data.num_classes, model, ckpt)
     preprocessing = run_data.preprocessing  # mean/std: the pretrained weights' or the data's
     # channels_last pays on CUDA and for CPU bf16 (oneDNN's bf16 convolutions are NHWC)
-    channels_last = config.channels_last and (use_cuda or config.amp)
+    channels_last = config.channels_last and (use_cuda or amp.enabled)
     raw_model.to(device, memory_format=torch.channels_last if channels_last
                  else torch.preserve_format)
     optimizer = make_optimizer(raw_model, config)
@@ -239,16 +249,14 @@ def _prepare(config: TrainConfig, ddp: Dist, out: Path, model: nn.Module | None 
         raise ValueError(f"batch_size={config.batch_size} is larger than the training split "
                          f"({len(data.train.labels)} images); use a smaller batch")
 
-    amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and use_cuda
-                                  and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp.use_grad_scaler)
     return _Run(
         config=config, ddp=ddp, out=out, device=device, raw_model=raw_model, ema=ema,
         optimizer=optimizer, scheduler=make_scheduler(optimizer, config, steps_per_epoch),
         scaler=scaler, train_loader=train_loader, val_loader=val_loader,
         steps_per_epoch=steps_per_epoch, plan=plan_steps(config, steps_per_epoch),
         channels_last=channels_last, data_record=run_data.record,
-        autocast_dtype=(amp_dtype if use_cuda else torch.bfloat16) if config.amp else None,
+        amp=amp,
         preprocessing=preprocessing)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..precision import amp_request
 from ..utils import MAX_IMAGE_SIZE, closest, resolve_device
 from .run_folder import check_folder_path
 
@@ -194,6 +195,10 @@ def _device(name: str, value: Any) -> None:
     resolve_device(value)  # raises naming the device when it is not usable here
 
 
+def _amp(name: str, value: Any) -> None:
+    amp_request(value)  # raises naming the value and the allowed precisions
+
+
 _UNIT = dict(low=0, high=1, high_open=True)  # [0, 1)
 
 RULES: dict[str, Rule] = {
@@ -237,8 +242,9 @@ RULES: dict[str, Rule] = {
     # run
     "seed": Rule("int", low=0, high=MAX_SEED),
     "device": Rule("custom", check=_device),
-    "amp": Rule("bool"),
-    "amp_dtype": Rule("choice", choices=lambda: ("bfloat16", "float16")),
+    "amp": Rule("custom", check=_amp,
+                default_help="auto: bf16 on CUDA (fp16 where the GPU has no bf16) and on a "
+                             "CPU with native bf16, else fp32"),
     "channels_last": Rule("bool"),
     "compile": Rule("bool"),
     "deterministic": Rule("bool"),

@@ -24,9 +24,11 @@ from .meters import MemoryMeter
 def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
             memory: MemoryMeter, world_size: int, finished: bool,
             normalisation: str | None = None, error: str | None = None,
-            steps: dict[str, Any] | None = None) -> dict[str, Any]:
+            steps: dict[str, Any] | None = None,
+            precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's `summary.json`: best and last validation accuracy (%), cost, the steps
-    (`limits.StepPlan.status`: planned, done, and why the run stopped), versions, config;
+    (`limits.StepPlan.status`: planned, done, and why the run stopped), the precision
+    (`amp`, the reason it was chosen, the CPU and its bf16 flags), versions, config;
     `normalisation` says where the input mean/std came from; `failed` and `error` (None, or
     why the run failed: its model or loss stopped being finite)."""
     best_row = max(metrics, key=lambda r: r["val_top1"], default=None)
@@ -55,6 +57,7 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "steps": steps,
         "world_size": world_size,
         "normalisation": normalisation,
+        "precision": precision,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
         "config": asdict(config),
     }

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, check_checkpoint, checkpoint_file, load_checkpoint
-from .config import RESUME_OVERRIDABLE, TrainConfig
+from ..precision import amp_request
+from .config import RESUME_OVERRIDABLE, TrainConfig, upgrade_config_dict
 from .run_folder import run_files
 
 
@@ -77,18 +78,21 @@ def resolve_resume(config: TrainConfig, given: Collection[str] | None = None
                 if Path(config.resume).is_dir() and run_files(Path(config.resume)) else "")
         raise FileNotFoundError(f"resume={config.resume!r}: {e}{hint}") from None
     check_checkpoint(ckpt, file, training=True)
+    saved_values = upgrade_config_dict(ckpt["config"])  # an older attnres's fields
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(ckpt["config"]) - known)
+    unknown = sorted(set(saved_values) - known)
     if unknown:
         raise CheckpointError(f"{file}: its config has options this version does not know: "
                               f"{', '.join(unknown)}")
-    saved = TrainConfig(**ckpt["config"])
+    saved = TrainConfig(**saved_values)
     defaults = TrainConfig()
     if given is None:
         given = {f.name for f in dataclasses.fields(TrainConfig)
                  if getattr(config, f.name) != getattr(defaults, f.name)}
     for name in sorted(set(given) - RESUME_OVERRIDABLE):
         value, before = getattr(config, name), getattr(saved, name)
+        if name == "amp" and amp_request(value) == "auto":
+            continue  # the run records what "auto" chose; it continues in that precision
         if value != before:
             raise ValueError(f"cannot change {name} when resuming (run has {before!r}, "
                              f"given {value!r}); start a new run with another --out instead")
