@@ -281,7 +281,8 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     return result
 
 
-def _threads(n: int) -> str:
+def threads_text(n: int) -> str:
+    """"1 thread", "2 threads"."""
     return f"{n} thread" + ("" if n == 1 else "s")
 
 
@@ -292,7 +293,7 @@ def format_bench(result: dict[str, Any]) -> str:
     samples = result.get("baseline_samples") or result["repeats"]
     lines = [f"{result['arch']} + {result['attention']} ({result['placement']}), "
              f"{result['mode']}, batch {result['batch_size']}, {result['image_size']}px, "
-             f"{result['device']}, {_threads(result['threads'])}, {result['amp']}"
+             f"{result['device']}, {threads_text(result['threads'])}, {result['amp']}"
              f"{', channels_last' if result['channels_last'] else ''}; "
              f"medians of {samples} interleaved runs ({result['clock']} clock), "
              f"IQR: their interquartile range",
@@ -337,5 +338,5 @@ def write_json(path: str, obj: Any) -> None:
 
 
 __all__ = ["CLOCKS", "MODES", "TIMM_ARCHS", "bench", "default_image_size", "format_bench",
-           "machine_info", "peak_step_memory", "run_cases", "time_interleaved",
+           "machine_info", "peak_step_memory", "run_cases", "threads_text", "time_interleaved",
            "timm_attention", "timm_model", "write_json"]
