@@ -442,6 +442,27 @@ def test_configurations_that_resolve_to_one_placement_train_once(tmp_path: Path,
         tmp_path / "results.md").read_text()
 
 
+def test_costs_are_measured_after_every_run_has_trained(tmp_path: Path, trainer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Latency and memory are measured once, after the last training run (not between runs,
+    where a run still training would share the machine), for every configuration, on the
+    device the runs trained on."""
+    events: list[str] = []
+    calls: list = []
+    train = fake_train(calls)
+    trainer(lambda config: (events.append(f"train {Path(config.out).name}"), train(config))[1])
+
+    def measure(configs, **kw):
+        events.append(f"costs {','.join(configs)}")
+        return {"threads": 1, "configs": {}, "device": kw["device"]}
+    monkeypatch.setattr(run_mod, "measure_costs", measure)
+    ablate(GRID, out=tmp_path, seeds=[0, 1], data="digits", explain_maps=False,
+           overrides={"device": "cpu"}, log=lambda m: None)
+    assert sorted(events[:-1]) == ["train baseline-s0", "train baseline-s1", "train se-s0",
+                                   "train se-s1"]
+    assert events[-1] == "costs baseline,se"
+
+
 @pytest.mark.slow
 def test_demo_beats_chance_on_every_row_and_says_what_it_ran(tmp_path: Path) -> None:
     """The real `attnres demo` (digits, 10 classes: chance is 10%), as `make demo` runs it."""

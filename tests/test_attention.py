@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,26 @@ def test_registry_names_and_errors() -> None:
         create_attention("cbma", 8)
     with pytest.raises(ValueError, match="channels=0"):
         create_attention("se", 0)
+
+
+def test_convolution_replacements_are_reached_by_name_through_the_registry() -> None:
+    """SKConv and SplitAttnConv2d (the README's module table) are registered as convolution
+    replacements: their class names and registry names find them, and create_attention,
+    which makes gates, says how to build them instead of listing only the gates."""
+    for cls in (SKConv, SplitAttnConv2d):
+        spec = attention_spec(cls.__name__)
+        assert spec.cls is cls and spec.kind == "conv" and spec.name in list_attention("conv")
+        assert attention_spec(spec.name) is spec
+        with pytest.raises(ValueError) as info:
+            create_attention(cls.__name__, 64)
+        message = str(info.value)
+        assert "replaces a convolution" in message and f"{cls.__name__}(in_channels" in message
+        assert "\n" not in message
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in list_attention("conv"):
+        cls = attention_spec(name).cls.__name__
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{cls}` |"))
+        assert f"`{name}`" in row, row  # the table names how to reach it by name
 
 
 def test_se_matches_formula() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from attnres.analysis import bench as bench_module
 from attnres.analysis import suite as suite_module
-from attnres.analysis.bench import bench, peak_step_memory, time_interleaved, timm_model
+from attnres.analysis.bench import (bench, format_bench, peak_step_memory, time_interleaved,
+                                    timm_model)
 from attnres.analysis.profile import activation_bytes, profile_model
 from attnres.analysis.suite import format_suite, suite
 from attnres.attention import attention_spec, list_attention
@@ -201,3 +204,82 @@ def test_cli_suite_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
     assert (out / "suite.md").read_text() in printed
     assert main(["bench", "--suite", "--amp", "bf16"]) == 2  # the suite runs both precisions
     assert "drop --amp" in capsys.readouterr().err
+
+
+def _fake_samples(seconds: dict[str, list[float]]):
+    """A stand-in for `time_interleaved_samples` giving each candidate known samples (the
+    i-th candidate in call order gets `seconds[i]`), without running anything."""
+    def fake(fns, *, warmup, repeats, clock):
+        del warmup, clock
+        keys = list(seconds)
+        return {name: seconds[keys[i % len(keys)]][:repeats] for i, name in enumerate(fns)}
+    return fake
+
+
+KNOWN = {"a": [0.005, 0.001, 0.009, 0.002, 0.003],  # unsorted, one outlier
+         "b": [0.010, 0.030, 0.020, 0.050, 0.012]}
+
+
+def _expected_ms(samples: list[float]) -> tuple[float, float, float]:
+    ms = np.array(samples) * 1e3
+    return float(np.median(ms)), *map(float, np.percentile(ms, [25, 75]))
+
+
+def test_bench_reports_the_spread_of_known_samples(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_module, "time_interleaved_samples", _fake_samples(KNOWN))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--arch", "resnet20", "--attention", "se", "--batch-size", "2",
+                 "--image-size", "8", "--repeats", "5", "--warmup", "0", "--threads", "1",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    for name, key in (("baseline", "a"), ("attnres", "b")):
+        median, q1, q3 = _expected_ms(KNOWN[key])
+        assert data[f"{name}_ms"] == pytest.approx(median)
+        assert data[f"{name}_ms_iqr"] == pytest.approx([q1, q3])
+        assert data[f"{name}_samples"] == 5
+        assert data[f"{name}_images_per_s"] == pytest.approx(2 / (median / 1e3))
+        line = next(x for x in printed.splitlines() if x.startswith(name))
+        assert f"{median:.2f}" in line and f"{q1:.2f}-{q3:.2f}" in line
+    assert data["attnres_ratio"] == pytest.approx(_expected_ms(KNOWN["b"])[0]
+                                                  / _expected_ms(KNOWN["a"])[0])
+    assert data["timm_ms_iqr"] is None and data["timm_samples"] is None
+    header = printed.splitlines()[0]
+    assert "medians of 5 interleaved runs" in header and "interquartile" in header
+    assert "1 thread," in header  # not "1 threads"
+    # inference has no memory figures: no empty memory columns
+    assert "peak MiB" not in printed and "mem ratio" not in printed
+
+
+def test_bench_text_keeps_memory_columns_in_train_mode():
+    r = bench("resnet20", "se", batch_size=2, image_size=8, mode="train", repeats=2, warmup=0,
+              threads=1)
+    text = format_bench(r)
+    assert "peak MiB" in text and "IQR ms" in text
+    for name in ("baseline", "attnres"):
+        q1, q3 = r[f"{name}_ms_iqr"]
+        assert q1 <= r[f"{name}_ms"] <= q3 and r[f"{name}_samples"] == 2
+        line = next(x for x in text.splitlines() if x.startswith(name))
+        assert f"{q1:.2f}-{q3:.2f}" in line and f"{r[f'{name}_peak_mem_mb']:.1f}" in line
+
+
+def test_suite_markdown_and_json_carry_the_spread(monkeypatch):
+    monkeypatch.setattr(bench_module, "time_interleaved_samples", _fake_samples(KNOWN))
+    r = suite(**{**TINY_SUITE, "rounds": 5, "memory": False})
+    md = format_suite(r)
+    assert "interquartile" in md
+    # candidates are timed plain, +cbam per precision, so they get "a", "b", "a", "b"
+    runs = [r["train"]["bf16"], r["train"]["fp32"], r["infer"]["batch1"]["bf16"],
+            r["infer"]["batch1"]["fp32"]]
+    for run in runs:
+        for model, key in (("plain", "a"), ("cbam", "b")):
+            assert run[model]["samples"] == 5
+            assert [run[model]["ms"], *run[model]["ms_iqr"]] == pytest.approx(
+                list(_expected_ms(KNOWN[key])))
+    # every model's cell: "median [q1-q3]" in ms, in a row of its own per precision / batch
+    cells = {f"{m:.1f} [{a:.1f}-{b:.1f}]" for m, a, b in map(_expected_ms, KNOWN.values())}
+    spread_rows = [line for line in md.splitlines() if "ms [IQR] |" in line]
+    assert len(spread_rows) == 4  # train bf16, fp32; infer batch 1 bf16, fp32
+    for line in spread_rows:
+        found = [c.strip() for c in line.strip("|").split("|")[1:]]
+        assert found and set(found) <= cells

@@ -35,6 +35,36 @@ def test_roundtrip_and_no_temporary_files_left(tmp_path):
     assert (tmp_path / "sub" / "last.pt").stat().st_mode & 0o044  # not left private (0600)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_written_file_gets_the_permissions_open_would_give(tmp_path, umask):
+    """Checkpoints, JSON, text and streamed files alike (none left 0600 by a temporary
+    file), new or replacing a private one: the mode `open()` gives under the same umask."""
+    import stat
+
+    from attnres.utils import atomic_write, atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "by-open", "w"):
+            pass
+        want = stat.S_IMODE((tmp_path / "by-open").stat().st_mode)
+        writers = {"ckpt.pt": lambda p: save_checkpoint({"w": torch.ones(2)}, p),
+                   "r.json": lambda p: atomic_write_json(p, {"a": 1}),
+                   "r.md": lambda p: atomic_write(p, "text"),
+                   "r.bin": lambda p: atomic_write(p, b"\0\1"),
+                   "r.png": lambda p: atomic_write(p, lambda f: f.write(b"png"))}
+        for name, write in writers.items():
+            path = tmp_path / name
+            write(path)
+            assert stat.S_IMODE(path.stat().st_mode) == want, (name, oct(umask))
+            path.chmod(0o600)
+            write(path)  # replaced: the new file's mode, not the old one's
+            assert stat.S_IMODE(path.stat().st_mode) == want, (name, oct(umask))
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*writers, "by-open"])
+
+
 class RunsCode:
     """A pickle payload that would create a file when unpickled."""
 

@@ -17,8 +17,10 @@ from attnres.cli.common import DefaultsFormatter, apply_threads, default_threads
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 # the commands whose --help this work covers (train and eval have their own)
-DOCUMENTED = ["ablate", "demo", "explain", "export", "bench", "profile", "models", "report"]
-COMPUTING = ["train", "eval", "ablate", "demo", "explain", "export", "bench", "profile"]
+DOCUMENTED = ["ablate", "demo", "explain", "export", "bench", "profile", "models", "report",
+              "predict"]
+COMPUTING = ["train", "eval", "predict", "ablate", "demo", "explain", "export", "bench",
+             "profile"]
 
 
 def subparser(name: str) -> argparse.ArgumentParser:
@@ -51,6 +53,32 @@ def test_every_option_has_one_help_line_and_its_default(name: str) -> None:
                 f"{name} {action.option_strings[0]}: {shown!r}")
     text = parser.format_help()  # renders (a stray % in a help line would raise here)
     assert "--help" in text
+
+
+# options whose help is only the default the help formatter appends (cli/train.py and
+# cli/eval.py, which the mixed-precision work is changing): to be given a line of their own
+NO_HELP_YET = {"train": ["--momentum", "--nesterov", "--weight-decay", "--label-smoothing",
+                         "--schedule", "--warmup-epochs", "--seed", "--amp-dtype", "--compile",
+                         "--tensorboard"],
+               "eval": ["--split", "--batch-size"]}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=f"{n}: {NO_HELP_YET[n]}"))
+    if n in NO_HELP_YET else n for n in sorted(set(DOCUMENTED) | set(COMPUTING))])
+def test_every_option_says_what_it_is_besides_its_default(name: str) -> None:
+    """A help line that is only "default: X" tells a newcomer nothing about the option."""
+    parser = subparser(name)
+    formatter = parser._get_formatter()
+    bare = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+            continue
+        shown = formatter._get_help_string(action) or ""
+        words = re.sub(r"\(?default:[^)]*\)?", "", shown).strip(" .;,")
+        if not words:
+            bare.append(action.option_strings[0])
+    assert not bare, f"{name}: options with no help but their default: {bare}"
 
 
 def test_formatter_appends_what_the_default_is() -> None:
@@ -89,7 +117,12 @@ def test_threads_default_to_torchs_own_count_and_are_recorded() -> None:
 
 
 def test_image_size_options_say_what_they_are() -> None:
-    for name in ("train", "explain", "export", "bench", "profile"):
+    from attnres.cli import COMMANDS
+
+    having = [n for n in COMMANDS
+              if any("--image-size" in a.option_strings for a in subparser(n)._actions)]
+    assert {"train", "explain", "export", "bench", "profile"} <= set(having)
+    for name in having:
         (action,) = [a for a in subparser(name)._actions if "--image-size" in a.option_strings]
         assert action.help and ("size" in action.help or "pixels" in action.help), name
 
@@ -117,6 +150,12 @@ def test_missing_authors_checkpoint_names_their_release(tmp_path) -> None:
     message = str(error.value)
     assert "github.com/Jongchan/attention-module" in message
     assert str(missing) in message and "\n" not in message
+    from attnres.models import cbam_authors_model
+
+    with pytest.raises(FileNotFoundError) as error:  # as a user reaches it
+        cbam_authors_model("resnet18", pretrained=missing)
+    assert "github.com/Jongchan/attention-module" in str(error.value)
+    assert str(missing.absolute()) in str(error.value)
     with pytest.raises(FileNotFoundError) as error:  # other files: no such hint
         read_state_dict(tmp_path / "mine.pt")
     assert "Jongchan" not in str(error.value)

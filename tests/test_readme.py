@@ -70,3 +70,23 @@ def test_architecture_table_is_current() -> None:
     from attnres.models import model_table
 
     assert model_table() in README.read_text()
+
+
+def test_data_paths_are_explained_and_the_cache_documented() -> None:
+    """Every `--data` path in the README is a named data set, a placeholder or a path the
+    README says where to find (and how to use your own data instead); the decode cache's
+    folder and variable are documented."""
+    text = README.read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    named = {"digits", "cifar10", "cifar100"}
+    paths = {m.rstrip("`]") for m in re.findall(r"--data ([^\s|]+)", text)}
+    explained = [p for p in paths if p not in named and p != "DATA"
+                 and not p.startswith(("/data/", "photos"))]
+    assert explained, paths  # the README does run commands on a real archive
+    for path in explained:
+        paragraph = next((p for p in prose.split("\n\n") if f"`{path}`" in p
+                          and "your own" in p), None)
+        assert paragraph, f"{path}: no paragraph says where it is and how to use your own"
+        assert "not part of the repository" in paragraph
+    for word in ("ATTNRES_CACHE", "~/.cache/attnres", "--cache-dir"):
+        assert word in prose

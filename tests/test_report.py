@@ -240,6 +240,23 @@ def test_report_starts_with_its_setup_and_latency_spread(modules: Path) -> None:
     assert float(table["cbam"]["latency_ms_q3"]) == 9.25
 
 
+def test_report_states_how_costs_were_measured(modules: Path) -> None:
+    """The report says how its memory and latency columns were measured (the costs file's
+    own words), on how many threads, and that latencies are interleaved medians with their
+    spread taken after training."""
+    costs = json.loads((modules / "costs.json").read_text())
+    costs["threads"] = 3
+    costs["method"] = {"memory": "the allocator's peak of one step", "flops": "counted"}
+    (modules / "costs.json").write_text(json.dumps(costs))
+    report(modules, plot=False)
+    md = (modules / "results.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Costs, measured"))
+    assert "torch threads 3" in line and "Test CPU" in line
+    assert "peak train MB: the allocator's peak of one step" in line
+    assert "medians of interleaved runs" in line and "interquartile" in line
+    assert "after training" in line and "FLOPs: counted" in line
+
+
 def test_plot_legend_entries_never_overlap(tmp_path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

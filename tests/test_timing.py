@@ -36,4 +36,6 @@ def test_profile_reports_the_latency_spread() -> None:
     for name in ("baseline", "attnres"):
         q1, q3 = result[name]["latency_ms_iqr"]
         assert q1 <= result[name]["latency_ms"] <= q3
-    assert "IQR" in format_profile(result)
+    text = format_profile(result)
+    assert "IQR" in text
+    assert ", 1 thread\n" in text  # the count as a reader says it, not "1 threads"

@@ -59,7 +59,8 @@ def demo(out: str | Path = "runs/demo", epochs: float | None = None,
     start = time.perf_counter()
     with torch_threads(threads):
         log(f"demo: resnet20 baseline / SE / CBAM on digits at {DEMO_IMAGE_SIZE} px, "
-            f"{epochs:g} epochs, seed 0; {hardware()['cpu']}, {threads} torch threads")
+            f"{epochs:g} epochs, seed 0; {hardware()['cpu']}, {threads} torch "
+            f"thread{'' if threads == 1 else 's'}")
         rows = ablate(DEMO_GRID, out=out, seeds=[0], epochs=epochs, log=log)
     log(f"demo: done in {time.perf_counter() - start:.0f} s")
     return rows

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..precision import AmpChoice, autocast_context, cpu_bf16_flags, cpu_model, resolve_amp
-from ..utils import (CLOCKS, atomic_write_json, check_image_size, resolve_device,
-                     time_interleaved)  # time_interleaved: re-exported
+from ..utils import (CLOCKS, atomic_write_json, check_image_size, median_iqr, resolve_device,
+                     time_interleaved, time_interleaved_samples)  # time_interleaved: re-exported
 
 MODES = ("infer", "train")
 # attnres architecture -> timm architecture with the same blocks (timm puts its `attn_layer`
@@ -179,16 +179,19 @@ def run_cases(cases: dict[str, tuple[nn.Module, AmpChoice, torch.Tensor, torch.T
               mode: str, *, warmup: int, repeats: int, clock: str = "wall",
               memory: bool = True) -> dict[str, dict[str, Any]]:
     """Time `{name: (model, amp, x, y)}` in one interleaved run (models already on their
-    device and memory format): per case the median ms, images/s and, in train mode with
-    `memory`, the peak step memory in MiB (None if not measurable)."""
+    device and memory format): per case the median ms, its interquartile range `ms_iqr`
+    ([q1, q3] in ms), the number of timed `samples`, images/s (batch over the median) and,
+    in train mode with `memory`, the peak step memory in MiB (None if not measurable)."""
     steps = {name: _make_step(m, x, y, mode, amp) for name, (m, amp, x, y) in cases.items()}
-    seconds = time_interleaved(steps, warmup=warmup, repeats=repeats, clock=clock)
+    samples = time_interleaved_samples(steps, warmup=warmup, repeats=repeats, clock=clock)
     out: dict[str, dict[str, Any]] = {}
     for name, step in steps.items():
         batch = cases[name][2].shape[0]
+        median, q1, q3 = median_iqr(samples[name])
         peak = (peak_step_memory(step, cases[name][2].device)
                 if mode == "train" and memory else None)
-        out[name] = {"ms": seconds[name] * 1e3, "images_per_s": batch / seconds[name],
+        out[name] = {"ms": median * 1e3, "ms_iqr": [q1 * 1e3, q3 * 1e3],
+                     "samples": len(samples[name]), "images_per_s": batch / median,
                      "peak_mem_mb": None if peak is None else peak / 2**20,
                      "params": sum(p.numel() for p in cases[name][0].parameters())}
     return out
@@ -212,7 +215,9 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     mode "infer": a forward pass under `torch.inference_mode()` in eval mode; "train": one
     SGD step (forward, cross-entropy, backward, step) in train mode, plus its peak memory.
     Returns a JSON-able dict: baseline_ms, attnres_ms, timm_ms, attnres_ratio, timm_ratio
-    (medians; ratios to the baseline of the same run), images/s, peak memory in MiB and
+    (medians; ratios to the baseline of the same run), their spread `{name}_ms_iqr` ([first,
+    third quartile] in ms) and `{name}_samples` (timed calls per model, = `repeats`),
+    images/s, peak memory in MiB and
     peak_mem_ratio (train mode), params, the precision chosen and why, and the settings.
     """
     from ..attention import attention_spec, list_attention
@@ -264,6 +269,8 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     for name in ("baseline", "attnres", "timm"):
         r = runs.get(name, {})
         result[f"{name}_ms"] = r.get("ms")
+        result[f"{name}_ms_iqr"] = r.get("ms_iqr")
+        result[f"{name}_samples"] = r.get("samples")
         result[f"{name}_images_per_s"] = r.get("images_per_s")
         result[f"{name}_params"] = r.get("params")
         result[f"{name}_peak_mem_mb"] = r.get("peak_mem_mb")
@@ -274,27 +281,44 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     return result
 
 
+def threads_text(n: int) -> str:
+    """"1 thread", "2 threads"."""
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def format_bench(result: dict[str, Any]) -> str:
-    """A small text table of a `bench` result."""
+    """A small text table of a `bench` result: per model the median ms with its interquartile
+    range, the ratio to the baseline, images/s and, in train mode, peak memory."""
+    train = result["mode"] == "train"
+    samples = result.get("baseline_samples") or result["repeats"]
     lines = [f"{result['arch']} + {result['attention']} ({result['placement']}), "
              f"{result['mode']}, batch {result['batch_size']}, {result['image_size']}px, "
-             f"{result['device']}, {result['threads']} threads, {result['amp']}"
+             f"{result['device']}, {threads_text(result['threads'])}, {result['amp']}"
              f"{', channels_last' if result['channels_last'] else ''}; "
-             f"medians of {result['repeats']} interleaved runs ({result['clock']} clock)",
+             f"medians of {samples} interleaved runs ({result['clock']} clock), "
+             f"IQR: their interquartile range",
              f"precision: {result['amp_reason']}",
-             f"{'model':<10}{'ms':>10}{'ratio':>8}{'img/s':>9}{'peak MiB':>10}{'mem ratio':>10}"]
+             f"{'model':<10}{'ms':>10}{'IQR ms':>16}{'ratio':>8}{'img/s':>9}"
+             + (f"{'peak MiB':>10}{'mem ratio':>10}" if train else "")]
     for name in ("baseline", "attnres", "timm"):
         ms = result.get(f"{name}_ms")
         if ms is None:
             continue
+        q1, q3 = result.get(f"{name}_ms_iqr") or (ms, ms)
         ratio = 1.0 if name == "baseline" else result[f"{name}_ratio"]
-        mem = result.get(f"{name}_peak_mem_mb")
-        mem_ratio = (1.0 if name == "baseline" and mem is not None else
-                     result.get("peak_mem_ratio" if name == "attnres" else
-                                "timm_peak_mem_ratio"))
-        lines.append(f"{name:<10}{ms:>10.2f}{ratio:>8.3f}{result[f'{name}_images_per_s']:>9.1f}"
-                     f"{'' if mem is None else f'{mem:.1f}':>10}"
+        line = (f"{name:<10}{ms:>10.2f}{f'{q1:.2f}-{q3:.2f}':>16}{ratio:>8.3f}"
+                f"{result[f'{name}_images_per_s']:>9.1f}")
+        if train:
+            mem = result.get(f"{name}_peak_mem_mb")
+            mem_ratio = (1.0 if name == "baseline" and mem is not None else
+                         result.get("peak_mem_ratio" if name == "attnres" else
+                                    "timm_peak_mem_ratio"))
+            line += (f"{'' if mem is None else f'{mem:.1f}':>10}"
                      f"{'' if mem_ratio is None else f'{mem_ratio:.3f}':>10}")
+        lines.append(line)
+    if train:
+        lines.append("peak MiB: the allocator's peak of one training step above what was "
+                     "allocated before it (tensor memory only)")
     return "\n".join(lines)
 
 
@@ -314,5 +338,5 @@ def write_json(path: str, obj: Any) -> None:
 
 
 __all__ = ["CLOCKS", "MODES", "TIMM_ARCHS", "bench", "default_image_size", "format_bench",
-           "machine_info", "peak_step_memory", "run_cases", "time_interleaved",
+           "machine_info", "peak_step_memory", "run_cases", "threads_text", "time_interleaved",
            "timm_attention", "timm_model", "write_json"]

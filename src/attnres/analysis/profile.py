@@ -113,8 +113,11 @@ def profile_model(arch: str, attention: str | None = None, *, placement: str = "
 
 def format_profile(result: dict[str, Any]) -> str:
     """A text table of a `profile_model` result."""
+    from .bench import threads_text
+
     lines = [f"{result['arch']} + {result['attention']} ({result['placement']}), input "
-             f"{tuple(result['input_shape'])}, {result['device']}, {result['threads']} threads",
+             f"{tuple(result['input_shape'])}, {result['device']}, "
+             f"{threads_text(result['threads'])}",
              f"{'':<12}{'params':>14}{'GFLOPs':>10}{'act. MiB':>10}{'latency ms':>12}"
              f"{'IQR ms':>16}"]
     for name in ("baseline", "attnres"):

@@ -52,8 +52,9 @@ def suite(*, device: str = "cpu", rounds: int = 5, warmup: int = 2, threads: int
           seed: int = 0) -> dict[str, Any]:
     """Run the standard table (see the module docstring); `rounds` interleaved rounds per
     run after `warmup` untimed ones. Returns a JSON-able dict: `machine`, `settings`,
-    `train` (per precision and model: ms, images_per_s, peak_mem_mb, ratio, mem_ratio;
-    `bf16_speedup`) and `infer` (per batch size, precision and model: ms, ratio)."""
+    `train` (per precision and model: ms, ms_iqr, samples, images_per_s, peak_mem_mb, ratio,
+    mem_ratio; `bf16_speedup`) and `infer` (per batch size, precision and model: ms, ms_iqr,
+    samples, ratio); ms is the median, ms_iqr its [first, third quartile]."""
     from ..attention import list_attention
 
     bad = [c for c in compare if c != "timm"]
@@ -115,6 +116,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+def _spread(r: dict[str, Any]) -> str:
+    """"median [q1-q3]" in ms of one run_cases row (old results without a spread: median)."""
+    q1, q3 = r.get("ms_iqr") or (None, None)
+    return f"{r['ms']:.1f}" + ("" if q1 is None else f" [{q1:.1f}-{q3:.1f}]")
+
+
 def format_suite(result: dict[str, Any]) -> str:
     """The Markdown tables of a `suite` result."""
     m, s, tr, inf = result["machine"], result["settings"], result["train"], result["infer"]
@@ -123,7 +130,8 @@ def format_suite(result: dict[str, Any]) -> str:
              f"CPU: {m['cpu']}; native bf16 flags: {flags}; device {m['device']}"
              + (f" ({m['gpu']})" if m.get("gpu") else "")
              + f"; torch {m['torch']}; {m['threads']} thread(s); {s['clock']} clock; "
-             f"medians of {s['rounds']} interleaved rounds after {s['warmup']} warm-up; "
+             f"medians of {s['rounds']} interleaved rounds after {s['warmup']} warm-up, "
+             f"[q1-q3] their interquartile range; "
              + ("channels_last" if s["channels_last"] else "contiguous") + ".", ""]
     precisions = [p for p in ("bf16", "fp32") if p in tr]
     lines += [f"## {tr['arch']}, {tr['image_size']} px, batch {tr['batch_size']}, one SGD step",
@@ -135,6 +143,8 @@ def format_suite(result: dict[str, Any]) -> str:
         plain = row["plain"]
         lines.append(f"| {p} step time | 1.00 ({plain['ms']:.1f} ms) | "
                      + " | ".join(_fmt(row[a]["ratio"], ".3f") for a in tr["models"][1:]) + " |")
+        lines.append(f"| {p} step ms [IQR] | " + " | ".join(
+            _spread(row[a]) for a in tr["models"]) + " |")
         lines.append(f"| {p} images/s | " + " | ".join(
             _fmt(row[a]["images_per_s"], ".0f") for a in tr["models"]) + " |")
         if plain["peak_mem_mb"] is not None:
@@ -155,6 +165,8 @@ def format_suite(result: dict[str, Any]) -> str:
             row = inf[f"batch{batch}"][p]
             lines.append(f"| {p}, batch {batch} | {row['plain']['ms']:.1f} ms | "
                          + " | ".join(_fmt(row[n]["ratio"], ".3f") for n in models[1:]) + " |")
+            lines.append(f"| {p}, batch {batch}, ms [IQR] | "
+                         + " | ".join(_spread(row[n]) for n in models) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,8 +13,9 @@ HELP = "time a network with attention against the plain one (and timm's), same r
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help=HELP, description=HELP.capitalize() + ". The "
-                              "models are timed in turns (A B C A B C ...); medians and "
-                              "ratios to the baseline of the same run are reported. --suite "
+                              "models are timed in turns (A B C A B C ...); medians with "
+                              "their interquartile range and ratios to the baseline of the "
+                              "same run are reported. --suite "
                               "runs the standard table and writes it as JSON and Markdown.",
                               formatter_class=DefaultsFormatter)
     p.add_argument("--suite", action="store_true",
@@ -91,7 +92,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         raise ValueError("--suite runs bf16 and fp32 with the default (fast) modules; "
                          "drop --amp / --impl, or run a single bench")
     result = suite(device=args.device, rounds=args.repeats or 5,
-                   warmup=2 if args.warmup is None else args.warmup, threads=apply_threads(args),
+                   warmup=2 if args.warmup is None else args.warmup, threads=args.threads,
                    compare=tuple(args.compare), clock=args.clock,
                    channels_last=args.channels_last is not False)
     print(format_suite(result), end="")

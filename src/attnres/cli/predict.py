@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .common import DefaultsFormatter, add_threads, with_threads
+
 HELP = "classify image files with a trained checkpoint: top-k classes and probabilities"
 
 
@@ -12,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict", help=HELP,
         description=HELP[0].upper() + HELP[1:] + ". Images are prepared with the model's "
-        "stored preprocessing (resize, centre crop, the training mean/std).")
+        "stored preprocessing (resize, centre crop, the training mean/std).",
+        formatter_class=DefaultsFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--checkpoint", required=True, metavar="RUN",
@@ -21,11 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {image, predictions: [{class, probability}]}")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_threads(p)
     p.set_defaults(func=run)
 
 
+@with_threads
 def run(args: argparse.Namespace) -> int:
     from attnres.checkpoint import load_model
     from attnres.prediction import find_images, predict
