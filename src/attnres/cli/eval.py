@@ -19,13 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC",
                    help="digits, cifar10, cifar100, or an ImageFolder path/archive "
                         "(default: the checkpoint's training data)")
-    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="which split of the data to score")
     p.add_argument("--val-split", type=float, metavar="F",
                    help="validation fraction in (0, 1) or image count (default: the "
                         "checkpoint's, when the data is the same)")
     p.add_argument("--split-seed", type=int, metavar="S",
                    help="seed of the stratified split (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images are cached")
     p.add_argument("--data-loader", dest="loader", choices=["memory", "stream"],

@@ -104,12 +104,19 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
                        help="epochs; a fraction (0.1) runs that share of an epoch's steps")
     optim.add_argument("--batch-size", type=int, help="global batch (split over processes)")
     optim.add_argument("--lr", type=float, help="peak learning rate")
-    optim.add_argument("--momentum", type=float)
-    optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    optim.add_argument("--weight-decay", type=float)
-    optim.add_argument("--label-smoothing", type=float)
-    optim.add_argument("--schedule", choices=["cosine", "step"])
-    optim.add_argument("--warmup-epochs", type=float)
+    optim.add_argument("--momentum", type=float, help="SGD momentum")
+    optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                       help="Nesterov momentum")
+    optim.add_argument("--weight-decay", type=float,
+                       help="L2 weight decay of conv and linear weights (not BN or biases)")
+    optim.add_argument("--label-smoothing", type=float,
+                       help="label smoothing of the cross-entropy, in [0, 1)")
+    optim.add_argument("--schedule", choices=["cosine", "step"],
+                       help="learning-rate schedule after the warm-up: cosine to 0, or step "
+                            "(x0.1 at 1/2 and 3/4 of the run; TrainConfig.step_*)")
+    optim.add_argument("--warmup-epochs", type=float,
+                       help="linear warm-up of the learning rate, in epochs (capped at a "
+                            "quarter of the run)")
     optim.add_argument("--attention-lr-mult", type=float,
                        help="learning-rate multiplier for attention parameters")
     optim.add_argument("--ema", type=float, metavar="DECAY",
@@ -128,12 +135,14 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run")
-    run.add_argument("--seed", type=int)
+    run.add_argument("--seed", type=int,
+                     help="seed of the weights, the data order and the augmentation")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     add_amp(run, default=None)  # None: a resumed run knows whether it was given
     run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                      help="channels_last memory format on CUDA and under CPU bf16")
-    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the model")
     run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                      help="deterministic CUDA kernels (slower)")
     run.add_argument("--out", metavar="DIR", help="run folder (default runs/ARCH-ATTN-sSEED)")
@@ -146,7 +155,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                      help="log attention statistics per epoch and warn on saturation")
     run.add_argument("--skip-nonfinite", type=int, metavar="N",
                      help="skip up to N steps whose loss is NaN/inf instead of stopping")
-    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                     help="write TensorBoard event files into the run folder")
     run.add_argument("--quiet", action="store_true", default=None,
                      help="no progress bar or per-epoch lines")
     add_threads(run)
