@@ -60,6 +60,12 @@ def test_convolution_replacements_are_reached_by_name_through_the_registry() -> 
         message = str(info.value)
         assert "replaces a convolution" in message and f"{cls.__name__}(in_channels" in message
         assert "\n" not in message
+        # the architectures it names are exactly the models that contain this module
+        import attnres
+
+        users = [arch for arch in attnres.list_models() if arch in ("skresnet50", "resnest50")
+                 and any(isinstance(m, cls) for m in attnres.build_model(arch).modules())]
+        assert list(spec.architectures) == users and f"({', '.join(users)})" in message
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name in list_attention("conv"):
         cls = attention_spec(name).cls.__name__

@@ -158,6 +158,22 @@ def test_missing_authors_checkpoint_names_their_release(tmp_path) -> None:
     assert "Jongchan" not in str(error.value)
 
 
+def test_train_from_a_missing_authors_checkpoint_names_their_release(tmp_path, capsys) -> None:
+    """`attnres train --from RESNET50_CBAM...pth` (not the authors' route, which is
+    --pretrained) still says where the file comes from, in one line, exit 2."""
+    from attnres.cli import main
+
+    missing = tmp_path / "RESNET50_CBAM_new_name_wrap.pth"
+    assert main(["train", "--from", str(missing), "--data", "digits",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attnres train: error: ") and "\n" not in err
+    assert "github.com/Jongchan/attention-module" in err and "--pretrained" in err
+    assert main(["train", "--from", str(tmp_path / "mine.pt"), "--data", "digits",
+                 "--out", str(tmp_path / "run2")]) == 2
+    assert "Jongchan" not in capsys.readouterr().err
+
+
 def test_a_command_run_in_process_restores_the_thread_count(capsys) -> None:
     before = torch.get_num_threads()
     asked = before + 1

@@ -41,9 +41,11 @@ register_attention(AttentionSpec(
     "coord", CoordinateAttention, gates={"row_gate": "row", "column_gate": "column"},
     timm_name="coord", paper="Hou, Zhou, Feng, CVPR 2021"))
 register_attention(AttentionSpec(
-    "sk", SKConv, kind="conv", timm_name=None, paper="Li et al., CVPR 2019"))
+    "sk", SKConv, kind="conv", timm_name=None, paper="Li et al., CVPR 2019",
+    architectures=("skresnet50",)))
 register_attention(AttentionSpec(
-    "splat", SplitAttnConv2d, kind="conv", paper="Zhang et al., CVPRW 2022 (ResNeSt)"))
+    "splat", SplitAttnConv2d, kind="conv", paper="Zhang et al., CVPRW 2022 (ResNeSt)",
+    architectures=("resnest50",)))
 
 # name -> class of every gate module (kept for callers of attnres <= 0.1)
 ATTENTION: dict[str, type[nn.Module]] = {n: attention_spec(n).cls for n in list_attention()}
@@ -70,7 +72,7 @@ def create_attention(name: str | type[nn.Module], channels: int, **kwargs: Any) 
     if spec.kind != "gate":
         raise ValueError(f"attention {name!r} replaces a convolution (kind 'conv'): build it "
                          f"as {spec.cls.__name__}(in_channels, out_channels, ...) or use the "
-                         f"architectures made with it (skresnet50, resnest50); gates: "
+                         f"architectures made with it ({', '.join(spec.architectures)}); gates: "
                          f"{', '.join(list_attention())}")
     return spec.cls(channels, **kwargs)
 

@@ -42,6 +42,8 @@ class AttentionSpec:
     impls: the values of the module's `impl=` argument ("reference" only: no such argument).
     timm_name: the `attn_layer` name of timm's equivalent module (`timm.layers.create_attn`).
     paper: short citation.
+    architectures: for kind "conv", the `attnres.list_models()` names built with it (for
+           messages; tests/test_attention.py checks them against the models).
     """
 
     name: str
@@ -51,6 +53,7 @@ class AttentionSpec:
     impls: tuple[str, ...] = ("reference",)
     timm_name: str | None = None
     paper: str = ""
+    architectures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

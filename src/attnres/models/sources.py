@@ -36,6 +36,18 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def missing_weights_hint(path: str | os.PathLike) -> str:
+    """Where to get a missing weights file whose name is the CBAM / BAM authors' (their
+    release's names hold "CBAM" or "BAM"), as "; ..." to append to the message; else ""."""
+    path = Path(path)
+    if "bam" not in path.name.lower():
+        return ""
+    return (f"; the CBAM/BAM authors' checkpoints (e.g. RESNET50_CBAM_new_name_wrap.pth) are "
+            f"linked from the README of https://github.com/Jongchan/attention-module: "
+            f"download one and put it at {str(path.absolute())!r}, or pass the path where it "
+            f"is (with --arch resnet50 --attention cbam --pretrained PATH)")
+
+
 def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """The state dict in a `.safetensors` / `.pth` / `.pt` / `.pth.tar` file.
 
@@ -45,13 +57,8 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     path = Path(path)
     if not path.is_file():
-        hint = ""
-        if "bam" in path.name.lower():  # CBAM / BAM: the names of the authors' checkpoints
-            hint = (f"; the CBAM/BAM authors' checkpoints (e.g. RESNET50_CBAM_new_name_wrap"
-                    f".pth) are linked from the README of "
-                    f"https://github.com/Jongchan/attention-module: download one and put it "
-                    f"at {str(path.absolute())!r}, or pass the path where it is")
-        raise FileNotFoundError(f"weights file {str(path)!r} not found{hint}")
+        raise FileNotFoundError(f"weights file {str(path)!r} not found"
+                                f"{missing_weights_hint(path)}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

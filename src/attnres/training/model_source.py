@@ -19,6 +19,7 @@ from torch import nn
 
 from ..models import add_attention, build_model, rebuild_model
 from ..models.layout import ensure_model_info
+from ..models.sources import missing_weights_hint
 from .config import TrainConfig
 
 SOURCE_KINDS = ("torchvision:NAME", "timm:NAME", "a saved model, checkpoint or run folder")
@@ -67,7 +68,8 @@ def _from_source(config: TrainConfig) -> nn.Module:
         return load_model(config.source)
     except FileNotFoundError as e:
         raise ValueError(f"source={config.source!r}: {e}; allowed: "
-                         f"{', '.join(SOURCE_KINDS)}") from None
+                         f"{', '.join(SOURCE_KINDS)}{missing_weights_hint(config.source)}"
+                         ) from None
 
 
 def make_model(config: TrainConfig, num_classes: int, model: nn.Module | None = None,
