@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from .common import DefaultsFormatter, add_amp, add_threads, number, with_threads
+from .common import DefaultsFormatter, add_amp, add_table_rows, add_threads, number, with_threads
 from .options import parse_key_values
 
 
@@ -64,13 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="results folder: each finished run's summary.json, metrics.csv "
                              "and config.json are copied to DIR/<config>-s<seed>/, and the "
                              "report is written there (default: --out)")
-    parser.add_argument("--reuse", action="append", default=[],
-                        metavar="FOLDER:CONFIG=ROW,...",
-                        help="rows taken from another results folder instead of trained, "
-                             "e.g. docs/results/modules:baseline=none,cbam=all")
-    parser.add_argument("--baseline", default=None, metavar="NAME",
-                        help="row the differences are taken to (default: the one without "
-                             "attention)")
+    add_table_rows(parser)
     parser.add_argument("--no-latency", action="store_true",
                         help="skip measuring the costs (latency, training speed, memory)")
     parser.add_argument("--no-explain", action="store_true",

@@ -8,6 +8,7 @@ the help formatter that shows every option's default.
     @with_threads           a command's run(args) with its --threads applied, and torch's
                             thread count restored after it (in-process callers and tests)
     add_amp(parser)         `--amp PRECISION` (default auto) and `--no-amp` (fp32)
+    add_table_rows(parser)  `--baseline NAME` and `--reuse FOLDER:CONFIG=ROW,...` (ablate, report)
     number("3") -> 3, number("0.5") -> 0.5
     DefaultsFormatter       help lines end in "(default: ...)" unless they say it already
 """
@@ -47,6 +48,20 @@ def add_amp(parser: argparse.ArgumentParser, default: str | None = "auto") -> No
                         help=f"{AMP_HELP} (default: {shown})")
     parser.add_argument("--no-amp", dest="amp", action="store_const", const="fp32",
                         help="fp32 throughout, the same as --amp fp32 (default: off)")
+
+
+def add_table_rows(parser: argparse.ArgumentParser) -> None:
+    """The options of which rows a results table has: `--reuse` (repeatable) and
+    `--baseline`, the same for `attnres ablate` and `attnres report`."""
+    parser.add_argument("--reuse", action="append", default=[],
+                        metavar="FOLDER:CONFIG=ROW,...",
+                        help="rows taken from another results folder (ablate: instead of "
+                             "training them), "
+                             "e.g. docs/results/modules:baseline=none,cbam=all; repeat for "
+                             "more (default: none)")
+    parser.add_argument("--baseline", default=None, metavar="NAME",
+                        help="row the differences are taken to (default: 'baseline', else "
+                             "the row without attention)")
 
 
 def apply_threads(args: argparse.Namespace) -> int:
@@ -108,5 +123,5 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
-__all__ = ["AMP_HELP", "DefaultsFormatter", "add_amp", "add_threads", "apply_threads", "default_threads", "number",
-           "with_threads"]
+__all__ = ["AMP_HELP", "DefaultsFormatter", "add_amp", "add_table_rows", "add_threads",
+           "apply_threads", "default_threads", "number", "with_threads"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter
+from .common import DefaultsFormatter, add_table_rows
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,16 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, metavar="FILE.md",
                         help="Markdown file to write (default DIR/results.md); the .csv and "
                              ".png of the same name are written beside it")
-    parser.add_argument("--baseline", default=None, metavar="NAME",
-                        help="row the differences are taken to (default: 'baseline', else "
-                             "the row without attention)")
+    add_table_rows(parser)
     parser.add_argument("--costs", default=None, metavar="FILE.json",
                         help="costs measured by `attnres ablate` (default DIR/costs.json)")
-    parser.add_argument("--reuse", action="append", default=[],
-                        metavar="FOLDER:CONFIG=ROW,...",
-                        help="rows from another results folder, e.g. "
-                             "docs/results/modules:baseline=none,cbam=all (default: none; "
-                             "repeat for more)")
     parser.add_argument("--update", default=None, metavar="README.md",
                         help="also replace the block between <!-- attnres-report:NAME --> "
                              "and <!-- /attnres-report --> in this Markdown file (default: "
