@@ -181,3 +181,14 @@ def test_a_command_run_in_process_restores_the_thread_count(capsys) -> None:
                  "--repeats", "3", "--threads", str(asked)]) == 0
     assert f"{asked} threads" in capsys.readouterr().out  # it ran with them
     assert torch.get_num_threads() == before  # and gave them back
+
+
+@pytest.mark.parametrize("name", ["train", "bench", "profile"])
+def test_attention_help_lists_every_registered_gate(name: str) -> None:
+    """The --attention help comes from the registry: a module registered later (coord) is
+    listed without touching the CLI."""
+    from attnres.attention import list_attention
+
+    action = next(a for a in subparser(name)._actions if "--attention" in a.option_strings)
+    listed = re.findall(r"[a-z]+", action.help.split("(")[0])
+    assert set(list_attention("gate")) <= set(listed), action.help

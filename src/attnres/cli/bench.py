@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter, add_threads, with_threads
+from .common import DefaultsFormatter, add_threads, gate_names, with_threads
 from .options import parse_key_values
 
 HELP = "time a network with attention against the plain one (and timm's), same run"
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "128) and ResNet-50 + CBAM inference (batch 1, 16), bf16 and fp32")
     p.add_argument("--out", metavar="DIR", help="--suite: write suite.json and suite.md here")
     p.add_argument("--arch", default="resnet50", help="architecture (default resnet50)")
-    p.add_argument("--attention", default="cbam", help="se, eca, cbam or bam (default cbam)")
+    p.add_argument("--attention", default="cbam", help=f"{gate_names()} (default cbam)")
     p.add_argument("--placement", default="block", help="where attention goes (default block)")
     p.add_argument("--attention-kwargs", metavar="K=V,...", default="",
                    help="options of the attention module, e.g. reduction=8,kernel_size=3")

@@ -9,6 +9,7 @@ the help formatter that shows every option's default.
                             thread count restored after it (in-process callers and tests)
     add_amp(parser)         `--amp PRECISION` (default auto) and `--no-amp` (fp32)
     add_table_rows(parser)  `--baseline NAME` and `--reuse FOLDER:CONFIG=ROW,...` (ablate, report)
+    gate_names()            "bam, cbam, ..." from the attention registry, for help lines
     number("3") -> 3, number("0.5") -> 0.5
     DefaultsFormatter       help lines end in "(default: ...)" unless they say it already
 """
@@ -48,6 +49,13 @@ def add_amp(parser: argparse.ArgumentParser, default: str | None = "auto") -> No
                         help=f"{AMP_HELP} (default: {shown})")
     parser.add_argument("--no-amp", dest="amp", action="store_const", const="fp32",
                         help="fp32 throughout, the same as --amp fp32 (default: off)")
+
+
+def gate_names() -> str:
+    """The registered gate modules, "bam, cbam, ..." (the registry's, never a copy)."""
+    from ..attention import list_attention
+
+    return ", ".join(list_attention("gate"))
 
 
 def add_table_rows(parser: argparse.ArgumentParser) -> None:
@@ -124,4 +132,4 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 __all__ = ["AMP_HELP", "DefaultsFormatter", "add_amp", "add_table_rows", "add_threads",
-           "apply_threads", "default_threads", "number", "with_threads"]
+           "apply_threads", "default_threads", "gate_names", "number", "with_threads"]

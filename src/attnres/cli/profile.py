@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DefaultsFormatter, add_threads, with_threads
+from .common import DefaultsFormatter, add_threads, gate_names, with_threads
 from .options import parse_key_values
 
 HELP = "parameters, FLOPs, activation memory and latency, with and without attention"
@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=DefaultsFormatter)
     p.add_argument("--arch", default="resnet50", help="architecture (default resnet50)")
     p.add_argument("--attention", default="cbam",
-                   help="se, eca, cbam, bam, or none for the plain network (default cbam)")
+                   help=f"{gate_names()}, or none for the plain network (default cbam)")
     p.add_argument("--placement", default="block", help="where attention goes (default block)")
     p.add_argument("--attention-kwargs", metavar="K=V,...", default="",
                    help="options of the attention module, e.g. reduction=8,kernel_size=3")

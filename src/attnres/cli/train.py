@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from .help import show_train_defaults
-from .common import add_amp, add_threads, number, with_threads
+from .common import add_amp, add_threads, gate_names, number, with_threads
 from .options import parse_key_values
 
 HELP = "train a model (checkpoints, resume, DDP under torchrun)"
@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--arch", help="architecture, e.g. resnet20 (see `attnres models`)")
-    model.add_argument("--attention", help="se, eca, cbam, bam, or none")
+    model.add_argument("--attention", help=f"{gate_names()}, or none")
     model.add_argument("--placement", nargs="+", metavar="NAME",
                        help="where attention goes: block, block-post, stage, stem, head ...")
     model.add_argument("--stages", nargs="+", type=int, metavar="S",
