@@ -215,6 +215,34 @@ def test_unfinished_run_is_resumed(tmp_path: Path, trainer) -> None:
     assert calls[0].attention == "se"
 
 
+def test_shards_share_a_grid_without_training_a_run_twice(tmp_path: Path, trainer) -> None:
+    """Two `--shard` processes train disjoint runs whose union is the grid, measure no
+    costs; an unsharded call afterwards trains nothing and measures them."""
+    from attnres.ablation.run import parse_shard
+
+    calls: list = []
+    trainer(fake_train(calls))
+    out, results = tmp_path / "runs", tmp_path / "results"
+    trained = []
+    for shard in ("1/2", "2/2"):
+        calls.clear()
+        ablate(GRID, out=out, results=results, seeds=[0, 1, 2], shard=shard,
+               explain_maps=True, log=lambda m: None)
+        trained.append({(c.attention, c.seed) for c in calls})
+        assert not (results / "costs.json").exists()
+    every = {(c.get("attention"), seed) for c in GRID["configs"] for seed in (0, 1, 2)}
+    assert trained[0] | trained[1] == every and not trained[0] & trained[1]
+    assert abs(len(trained[0]) - len(trained[1])) <= 1
+    calls.clear()
+    messages: list[str] = []
+    ablate(GRID, out=out, results=results, seeds=[0, 1, 2], shard="2/2", latency=False,
+           explain_maps=False, log=messages.append)  # everything done: nothing left to it
+    assert calls == [] and not any("left to" in m for m in messages)
+    for bad in ("0/2", "3/2", "1", "a/b", (1, 2, 3)):
+        with pytest.raises(ValueError, match="I/N with 1 <= I <= N"):
+            parse_shard(bad)
+
+
 def test_presets_come_from_the_registries() -> None:
     modules = load_grid("modules")
     assert [c["name"] for c in modules.configs] == ["baseline", *list_attention()]

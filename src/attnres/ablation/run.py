@@ -124,6 +124,9 @@ def _train_missing(plans: list[tuple[str, dict[str, Any], dict[str, Any]]],
         if action == "done":
             log(f"{tag}: finished earlier, skipped")
             continue
+        if action.startswith("shard"):
+            log(f"{tag}: left to {action}")
+            continue
         if action == "train":
             kwargs: dict[str, Any] = {**explicit[name], "seed": seed, "out": str(run_dir)}
             if (run_dir / "last.pt").is_file():
@@ -189,14 +192,30 @@ def _open_data(settings: dict[str, Any]) -> Any:
     return load_dataset(str(settings["data"]), **common)
 
 
+def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
+    """"2/3" or (2, 3) -> (2, 3): shard I of N, 1 <= I <= N."""
+    if isinstance(shard, str):
+        index, sep, count = shard.partition("/")
+        try:
+            parsed = (int(index), int(count)) if sep else None
+        except ValueError:
+            parsed = None
+    else:
+        parsed = tuple(shard) if len(shard) == 2 else None  # type: ignore[assignment]
+    if parsed is None or not all(isinstance(v, int) and not isinstance(v, bool)
+                                 for v in parsed) or not 1 <= parsed[0] <= parsed[1]:
+        raise ValueError(f"shard={shard!r}: I/N with 1 <= I <= N, e.g. 1/2")
+    return parsed
+
+
 def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
            results: str | Path | None = None, reuse: Sequence[str | Reuse] = (),
            seeds: Sequence[int] | None = None, data: str | None = None,
            arch: str | None = None, epochs: float | None = None,
            batch_size: int | None = None, overrides: dict[str, Any] | None = None,
            baseline: str | None = None, latency: bool = True, explain_maps: bool = True,
-           recipe: str | None = None, log: Callable[[str], None] = print
-           ) -> list[dict[str, Any]]:
+           recipe: str | None = None, shard: str | tuple[int, int] | None = None,
+           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every configuration x seed of `grid` that is not finished yet, then write the
     report (`report`) of the results folder.
 
@@ -210,8 +229,13 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     written. `reuse`: rows read from other results folders, not trained here
     ("docs/results/modules:baseline=none,cbam=all"). `latency`: measure the costs
     (`measure_costs`) into `results/costs.json`, kept as it is when it covers every
-    configuration and nothing was trained. Returns the report's rows.
+    configuration and nothing was trained. `shard` "I/N" (or (I, N)): train only the runs
+    whose place in the grid's fixed order (configurations, then seeds) is I modulo N, so
+    that N processes (one thread each, say) share the grid without ever training the same
+    run; a shard measures no costs and draws no maps (an unsharded call does, once every
+    run is finished) but writes the report of what is there. Returns the report's rows.
     """
+    shard = parse_shard(shard) if shard is not None else None  # bad input fails first
     grid = load_grid(grid)
     check_names(grid)
     seeds = list(seeds) if seeds is not None else (grid.seeds or [0])
@@ -233,6 +257,12 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
             raise ValueError(f"reuse names row {dst!r}, which is not a configuration of the "
                              f"grid{closest(dst, names)}; configurations: {', '.join(names)}")
     todo = _todo(plans, seeds, out, results, reused, log)
+    if shard is not None:
+        index, count = shard
+        todo = [(name, seed, f"shard {k % count + 1}/{count}"
+                 if action != "done" and k % count != index - 1 else action)
+                for k, (name, seed, action) in enumerate(todo)]
+        latency = explain_maps = False
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     if merged or (results / MERGED_FILE).is_file():  # the report labels the rows with them

@@ -69,6 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="skip measuring the costs (latency, training speed, memory)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the Grad-CAM / attention-map grid")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="train only every N-th run, starting at the I-th (N processes "
+                             "share one grid; costs and maps are left to a run without "
+                             "--shard) (default: every run)")
     add_amp(parser, default=None)
     add_threads(parser)
     parser.set_defaults(func=run)
@@ -110,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
            baseline=args.baseline, seeds=args.seeds, data=args.data,
            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
            overrides=overrides, latency=not args.no_latency, explain_maps=not args.no_explain,
-           recipe=args.recipe)
+           recipe=args.recipe, shard=args.shard)
     return 0
