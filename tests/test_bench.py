@@ -283,3 +283,29 @@ def test_suite_markdown_and_json_carry_the_spread(monkeypatch):
     for line in spread_rows:
         found = [c.strip() for c in line.strip("|").split("|")[1:]]
         assert found and set(found) <= cells
+
+
+def test_bench_compile_compiles_every_model_before_timing(monkeypatch, capsys):
+    """--compile goes through torch.compile once per model, before the timed runs; the
+    compilation needs an untimed warm-up run. (torch.compile is replaced by a recorder here:
+    compiling for real takes minutes on CPU.)"""
+    import torch
+
+    from attnres.cli import main
+
+    compiled = []
+
+    def fake_compile(model, **kwargs):
+        compiled.append(type(model).__name__)
+        return model
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    r = bench("resnet18", "cbam", batch_size=1, image_size=32, repeats=1, warmup=1,
+              compare=("timm",), compile=True)
+    assert r["compile"] is True and len(compiled) == 3  # baseline, attnres, timm
+    assert "torch.compile" in format_bench(r)
+    assert bench("resnet20", "se", batch_size=2, image_size=8, repeats=1, warmup=0)[
+        "compile"] is False
+    with pytest.raises(ValueError, match="warmup=0.*with compile"):
+        bench("resnet20", "se", batch_size=2, image_size=8, repeats=1, warmup=0, compile=True)
+    assert main(["bench", "--suite", "--compile"]) == 2
+    assert "drop --amp / --impl / --compile" in capsys.readouterr().err

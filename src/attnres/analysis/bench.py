@@ -206,7 +206,8 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
           repeats: int = 20, warmup: int = 3, channels_last: bool = False,
           threads: int | None = None, placement: str = "block", impl: str | None = None,
           attention_kwargs: dict[str, Any] | None = None, seed: int = 0,
-          amp: str | bool | None = "auto", clock: str = "wall") -> dict[str, Any]:
+          amp: str | bool | None = "auto", clock: str = "wall",
+          compile: bool = False) -> dict[str, Any]:
     """Time the plain network (baseline), the network with attention (attnres) and, with
     `compare=("timm",)`, timm's counterpart, interleaved in one run, on random
     `(batch_size, 3, image_size, image_size)` inputs, all at the precision `amp` chooses
@@ -214,6 +215,8 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
 
     mode "infer": a forward pass under `torch.inference_mode()` in eval mode; "train": one
     SGD step (forward, cross-entropy, backward, step) in train mode, plus its peak memory.
+    `compile`: every model through `torch.compile` (inductor) first; the compilation
+    happens in the untimed warm-up (at least one run), so the figures are steady-state.
     Returns a JSON-able dict: baseline_ms, attnres_ms, timm_ms, attnres_ratio, timm_ratio
     (medians; ratios to the baseline of the same run), their spread `{name}_ms_iqr` ([first,
     third quartile] in ms) and `{name}_samples` (timed calls per model, = `repeats`),
@@ -228,8 +231,9 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     bad = [c for c in compare if c != "timm"]
     if bad:
         raise ValueError(f"compare={bad[0]!r}: allowed timm")
-    if warmup < 0:
-        raise ValueError(f"warmup={warmup!r}: must be >= 0")
+    if warmup < 0 or (compile and warmup < 1):
+        raise ValueError(f"warmup={warmup!r}: must be >= 0 (>= 1 with compile, which "
+                         f"compiles in the warm-up)")
     if image_size is not None:
         check_image_size(image_size)
     dev = _check_common(mode, repeats, [batch_size], clock, device, threads)
@@ -253,7 +257,11 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
         models["timm"] = timm_model(arch, attention, num_classes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, y = _inputs(models["baseline"], batch_size, image_size, dev, channels_last)
-    cases = {n: (m.to(dev, memory_format=fmt), choice, x, y) for n, m in models.items()}
+    for name, m in models.items():
+        m.to(dev, memory_format=fmt)
+        if compile:
+            models[name] = torch.compile(m)
+    cases = {n: (m, choice, x, y) for n, m in models.items()}
     runs = run_cases(cases, mode, warmup=warmup, repeats=repeats, clock=clock)
 
     result: dict[str, Any] = {
@@ -261,6 +269,7 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
         "batch_size": batch_size, "image_size": image_size, "device": str(dev),
         "channels_last": channels_last, "threads": torch.get_num_threads(),
         "repeats": repeats, "warmup": warmup, "impl": impl or "fast", "clock": clock,
+        "compile": compile,
         "amp": choice.dtype, "amp_reason": choice.reason,
         "timm_arch": TIMM_ARCHS.get(arch) if "timm" in compare else None,
         "torch": torch.__version__,
@@ -294,7 +303,8 @@ def format_bench(result: dict[str, Any]) -> str:
     lines = [f"{result['arch']} + {result['attention']} ({result['placement']}), "
              f"{result['mode']}, batch {result['batch_size']}, {result['image_size']}px, "
              f"{result['device']}, {threads_text(result['threads'])}, {result['amp']}"
-             f"{', channels_last' if result['channels_last'] else ''}; "
+             f"{', channels_last' if result['channels_last'] else ''}"
+             f"{', torch.compile' if result.get('compile') else ''}; "
              f"medians of {samples} interleaved runs ({result['clock']} clock), "
              f"IQR: their interquartile range",
              f"precision: {result['amp_reason']}",

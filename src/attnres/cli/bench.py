@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, help="untimed runs per model (default 3; --suite: 2)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last models and input (default off; --suite: on)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every model first (compiled in the warm-up; minutes "
+                        "per model on CPU)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or the process's CPU time (CPU only: leaves out waiting "
                         "for a core on a shared machine)")
@@ -74,7 +77,7 @@ def run_bench(args: argparse.Namespace) -> int:
                    warmup=3 if args.warmup is None else args.warmup,
                    channels_last=bool(args.channels_last), threads=threads,
                    placement=args.placement, impl=args.impl, amp=args.amp or "auto",
-                   clock=args.clock,
+                   clock=args.clock, compile=args.compile,
                    attention_kwargs=parse_key_values(args.attention_kwargs,
                                                     "--attention-kwargs") or None)
     print(format_bench(result))
@@ -88,9 +91,9 @@ def _run_suite(args: argparse.Namespace) -> int:
     from ..analysis.suite import format_suite, suite, write_suite
     from ..utils import atomic_write_json
 
-    if args.amp is not None or args.impl is not None:
-        raise ValueError("--suite runs bf16 and fp32 with the default (fast) modules; "
-                         "drop --amp / --impl, or run a single bench")
+    if args.amp is not None or args.impl is not None or args.compile:
+        raise ValueError("--suite runs bf16 and fp32 with the default (fast) modules, "
+                         "eager; drop --amp / --impl / --compile, or run a single bench")
     result = suite(device=args.device, rounds=args.repeats or 5,
                    warmup=2 if args.warmup is None else args.warmup, threads=args.threads,
                    compare=tuple(args.compare), clock=args.clock,
