@@ -287,6 +287,25 @@ def test_plot_legend_entries_never_overlap(tmp_path: Path) -> None:
     assert not legend.get_window_extent(renderer).overlaps(axes_box)  # beside the data
 
 
+def test_plot_axis_does_not_stretch_a_tiny_difference(tmp_path: Path) -> None:
+    """Rows 0.14 points apart (one seed each) get a y axis of at least MIN_TOP1_SPAN
+    points, centred on them, not one that makes the gap fill the picture; wide data keeps
+    its own range."""
+    from attnres.ablation.plot import MIN_TOP1_SPAN, draw_rows
+
+    folder = tmp_path / "close"
+    write_run(folder, "baseline", 0, 87.08, 99.2)
+    write_run(folder, "cbam", 0, 87.22, 99.2, attention="cbam")
+    low, high = draw_rows(attnres.ablation.build_rows(*_table(folder))).axes[0].get_ylim()
+    assert high - low == pytest.approx(MIN_TOP1_SPAN)
+    assert low < 87.08 and 87.22 < high and (low + high) / 2 == pytest.approx(87.15, abs=0.05)
+    wide = tmp_path / "wide"
+    write_run(wide, "baseline", 0, 80.0, 99.0)
+    write_run(wide, "cbam", 0, 86.0, 99.0, attention="cbam")
+    low, high = draw_rows(attnres.ablation.build_rows(*_table(wide))).axes[0].get_ylim()
+    assert low <= 80.0 and 86.0 <= high and high - low < 8.0
+
+
 def _table(folder: Path):
     from attnres.ablation.results import collect_runs
 

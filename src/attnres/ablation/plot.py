@@ -20,6 +20,11 @@ def _dodge(xs: list[float]) -> list[float]:
     return out
 
 
+# The smallest top-1 range the y axis shows (points): with one seed per row, or rows a
+# tenth of a point apart, autoscaling would stretch noise to the full height.
+MIN_TOP1_SPAN = 2.0
+
+
 def draw_rows(rows: list[dict[str, Any]]) -> Any:
     """The plot of `tables.build_rows` rows as a matplotlib Figure, or None (no rows, or no
     cost to put on the x axis).
@@ -58,6 +63,10 @@ def draw_rows(rows: list[dict[str, Any]]) -> Any:
                    linewidths=0.8, zorder=4, label=f"{row['label']} (n={row['n']})")
     ax.set_xlabel(f"batch-1 inference latency (× {base})" if by_latency
                   else "parameters (thousands)")
+    low, high = ax.get_ylim()
+    if high - low < MIN_TOP1_SPAN:  # a 0.1-point gap must not fill the axis
+        middle = (low + high) / 2
+        ax.set_ylim(middle - MIN_TOP1_SPAN / 2, middle + MIN_TOP1_SPAN / 2)
     ax.set_ylabel("val top-1 %, last epoch")
     ax.set_title("per-seed runs (small), mean with 95% t interval (large)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -77,4 +86,4 @@ def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> bool:
     return True
 
 
-__all__ = ["draw_rows", "plot_rows"]
+__all__ = ["MIN_TOP1_SPAN", "draw_rows", "plot_rows"]
