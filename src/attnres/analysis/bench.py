@@ -201,6 +201,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _module_kwargs(attention: str, impl: str | None,
+                   attention_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The attention module's keyword arguments, `impl` checked against the registry."""
+    from ..attention import attention_spec, list_attention
+
+    kwargs = dict(attention_kwargs or {})
+    if impl is not None:
+        impls = attention_spec(attention).impls
+        if impl not in impls or impls == ("reference",):
+            with_impl = [n for n in list_attention() if len(attention_spec(n).impls) > 1]
+            raise ValueError(f"impl={impl!r} applies to {', '.join(with_impl)} (for "
+                             f"{attention!r}: {', '.join(impls)})")
+        kwargs["impl"] = impl
+    return kwargs
+
+
 def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | None = None,
           device: str = "cpu", mode: str = "infer", compare: Sequence[str] = (),
           repeats: int = 20, warmup: int = 3, channels_last: bool = False,
@@ -223,7 +239,7 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     images/s, peak memory in MiB and
     peak_mem_ratio (train mode), params, the precision chosen and why, and the settings.
     """
-    from ..attention import attention_spec, list_attention
+    from ..attention import list_attention
     from ..models import build_model
 
     if attention not in list_attention():
@@ -239,14 +255,7 @@ def bench(arch: str, attention: str, *, batch_size: int = 1, image_size: int | N
     dev = _check_common(mode, repeats, [batch_size], clock, device, threads)
     choice = resolve_amp(amp, dev)
     image_size = image_size or default_image_size(arch)
-    kwargs = dict(attention_kwargs or {})
-    if impl is not None:
-        impls = attention_spec(attention).impls
-        if impl not in impls or impls == ("reference",):
-            with_impl = [n for n in list_attention() if len(attention_spec(n).impls) > 1]
-            raise ValueError(f"impl={impl!r} applies to {', '.join(with_impl)} (for "
-                             f"{attention!r}: {', '.join(impls)})")
-        kwargs["impl"] = impl
+    kwargs = _module_kwargs(attention, impl, attention_kwargs)
 
     torch.manual_seed(seed)
     models: dict[str, nn.Module] = {"baseline": build_model(arch)}
