@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -89,22 +90,26 @@ def test_table_numbers_match_scipy(modules: Path) -> None:
         assert cells[2] == "3"
         assert cells[3] == f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
         assert cells[4] == f"[{low:.2f}, {high:.2f}]"
+        # one new seed (no image count in these summaries: the seeds' spread alone)
+        low, high = stats.t.interval(0.95, 2, loc=values.mean(),
+                                     scale=values.std(ddof=1) * math.sqrt(1 + 1 / 3))
+        assert cells[5] == f"[{low:.2f}, {high:.2f}]"
         top5 = np.array(TOP5[name])
-        assert cells[8] == f"{top5.mean():.2f} ± {top5.std(ddof=1):.2f}"
-        assert cells[9] == f"{PARAMS[name]:,}"
+        assert cells[9] == f"{top5.mean():.2f} ± {top5.std(ddof=1):.2f}"
+        assert cells[10] == f"{PARAMS[name]:,}"
     # the paired difference to the baseline
     d = cbam - base
     low, high = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
     p = stats.ttest_rel(cbam, base).pvalue
     cells = _row(md, "cbam")
-    assert cells[5] == f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}]"
-    assert cells[6] == f"{p:.3f}"
-    assert cells[7] == ("*" if p < 0.05 else "")
-    assert _row(md, "baseline")[5] == "(baseline)"
+    assert cells[6] == f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}]"
+    assert cells[7] == f"{p:.3f}"
+    assert cells[8] == ("*" if p < 0.05 else "")
+    assert _row(md, "baseline")[6] == "(baseline)"
     # costs: ratios to the baseline from the costs file
-    assert cells[10] == "81.90"
-    assert cells[11] == f"{400 / 500:.2f} (400/s)" and cells[12] == f"{9 / 6:.2f} (9.00 ms)"
-    assert cells[13] == "360.0"
+    assert cells[11] == "81.90"
+    assert cells[12] == f"{400 / 500:.2f} (400/s)" and cells[13] == f"{9 / 6:.2f} (9.00 ms)"
+    assert cells[14] == "360.0"
     assert "last epoch" in md and "Test CPU" in md and "torch threads 1" in md
     assert "cbam @ block, all stages" in md
     # the CSV and the returned rows hold the unrounded numbers
@@ -171,7 +176,7 @@ def test_placements_with_reused_rows(modules: Path, tmp_path: Path) -> None:
     assert rows[2]["diff_p"] == pytest.approx(stats.ttest_rel(d, np.zeros(3)).pvalue)
     assert "`none`, `all`: the runs of `baseline`, `cbam` in `modules/`" in md
     # no costs for these rows: shown as missing, no crash
-    assert _row(md, "last-stage")[12] == "-"
+    assert _row(md, "last-stage")[13] == "-"
 
 
 def test_one_seed_and_missing_pairs(tmp_path: Path) -> None:
@@ -184,8 +189,8 @@ def test_one_seed_and_missing_pairs(tmp_path: Path) -> None:
     md = (folder / "results.md").read_text()
     se = _row(md, "se")
     assert se[3] == "62.00" and se[4] == "n/a"
-    assert se[5] == "+2.00 n/a" and se[6] == "n/a" and se[7] == ""
-    assert _row(md, "eca")[5] == "n/a (no common seeds)"
+    assert se[6] == "+2.00 n/a" and se[7] == "n/a" and se[8] == ""
+    assert _row(md, "eca")[6] == "n/a (no common seeds)"
     assert rows[0]["config"] == "baseline" and rows[0]["top1_ci_low"] is not None
     assert "Costs: not measured" in md
 
@@ -234,7 +239,7 @@ def test_report_starts_with_its_setup_and_latency_spread(modules: Path) -> None:
     assert setup.startswith("Setup: data `cifar10-jpeg-train.tar.gz`, 32 px images, 2 epochs")
     assert "seeds 0, 1, 2" in setup and "Test CPU (2 cores)" in setup
     md = "\n".join(lines)
-    assert _row(md, "cbam")[12] == f"{9 / 6:.2f} (9.00 ms, IQR 8.75-9.25)"
+    assert _row(md, "cbam")[13] == f"{9 / 6:.2f} (9.00 ms, IQR 8.75-9.25)"
     table = {r["config"]: r for r in csv.DictReader((modules / "results.csv").open())}
     assert float(table["cbam"]["latency_ms_q1"]) == 8.75
     assert float(table["cbam"]["latency_ms_q3"]) == 9.25
@@ -311,3 +316,21 @@ def _table(folder: Path):
 
     table, _ = collect_runs(folder)
     return table, "baseline"
+
+
+def test_rerun_column_counts_the_evaluation_images(modules: Path) -> None:
+    # summaries as `attnres train` writes them name the validation images they were scored on
+    for path in modules.glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        summary["data"] = {"n_val": 5000}
+        path.write_text(json.dumps(summary))
+    rows = report(modules)
+    md = (modules / "results.md").read_text()
+    values = np.array(TOP1["cbam"])
+    seed_half = stats.t.ppf(0.975, 2) * values.std(ddof=1) * math.sqrt(1 + 1 / 3)
+    p = values.mean() / 100
+    sample_half = stats.norm.ppf(0.975) * 100 * math.sqrt(2 * p * (1 - p) / 5000)
+    half = math.hypot(seed_half, sample_half)
+    assert _row(md, "cbam")[5] == f"[{values.mean() - half:.2f}, {values.mean() + half:.2f}]"
+    assert rows[1]["top1_rerun_high"] == pytest.approx(values.mean() + half)
+    assert rows[1]["eval_images"] == 5000 and "(5,000 images each)" in md

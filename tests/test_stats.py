@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from attnres.ablation.stats import estimate, paired_difference
+from attnres.ablation.stats import estimate, paired_difference, rerun_interval
 
 VALUES = [67.46, 65.44, 66.60, 68.02]
 BASE = {0: 69.54, 1: 67.68, 2: 67.86, 3: 68.10}
@@ -27,6 +27,39 @@ def test_estimate_matches_scipy_t_interval() -> None:
     low90, high90 = stats.t.interval(0.90, 3, loc=arr.mean(), scale=stats.sem(arr))
     est90 = estimate(VALUES, confidence=0.90)
     assert (est90.ci_low, est90.ci_high) == (pytest.approx(low90), pytest.approx(high90))
+
+
+def test_rerun_interval_is_the_t_prediction_interval_widened_by_sampling() -> None:
+    arr = np.array(VALUES)
+    est = estimate(VALUES)
+    # seeds alone: the textbook prediction interval of one new observation
+    low, high = stats.t.interval(0.95, 3, loc=arr.mean(),
+                                 scale=arr.std(ddof=1) * math.sqrt(1 + 1 / 4))
+    assert rerun_interval(est) == (pytest.approx(low), pytest.approx(high))
+    # with 5,000 evaluation images here and 10,000 there: the binomial sd of both sets
+    p = arr.mean() / 100
+    binom_sd = 100 * math.sqrt(p * (1 - p) / 5000 + p * (1 - p) / 10000)
+    seed_half = (high - low) / 2
+    sample_half = stats.norm.ppf(0.975) * binom_sd
+    half = math.sqrt(seed_half ** 2 + sample_half ** 2)
+    got = rerun_interval(est, n_eval=5000, n_new=10000)
+    assert got == (pytest.approx(arr.mean() - half), pytest.approx(arr.mean() + half))
+    # it contains the mean's own interval, and more images there narrow it
+    assert got[0] < est.ci_low and got[1] > est.ci_high
+    wide = rerun_interval(est, n_eval=5000)
+    assert wide[1] - wide[0] > got[1] - got[0]
+    # a simulation: new runs (seed spread 1.0, scored on 5,000 other images) land inside
+    # about 95 % of the time
+    rng = np.random.default_rng(0)
+    inside = 0
+    for _ in range(2000):
+        truth = 88.0 + rng.normal(0, 1.0, size=6)  # population top-1 of 5 seeds + 1 new
+        ours = rng.binomial(5000, truth[:5] / 100) / 50  # all scored on 5,000 images
+        theirs = rng.binomial(5000, truth[5] / 100) / 50
+        lo, hi = rerun_interval(estimate(ours.tolist()), n_eval=5000)
+        inside += lo <= theirs <= hi
+    assert 0.92 < inside / 2000 < 0.99
+    assert rerun_interval(estimate([88.0])) is None
 
 
 def test_paired_difference_matches_ttest_rel() -> None:

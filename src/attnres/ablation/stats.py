@@ -6,6 +6,10 @@ configurations with the same seed are pairs, and the difference to the baseline 
 estimated per seed: mean of the paired differences, its Student-t interval over seeds, and
 the paired t-test (`scipy.stats.ttest_rel`), which is the same test.
 
+A re-run is one new seed, scored on its own held-out images: its interval
+(`rerun_interval`) is wider than the mean's, since it carries one seed's spread and the
+sampling noise of two finite evaluation sets (ours and the re-runner's).
+
 Edge cases, never an exception: with one value (or one pair) there is no spread, so no
 interval and no test (None, shown as "n/a"); with zero spread the interval is the single
 point and the test is undefined (p None), since the t statistic divides by the spread.
@@ -80,6 +84,30 @@ def estimate(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimat
     return Estimate(int(arr.size), mean, std, mean - half, mean + half, confidence)
 
 
+def rerun_interval(est: Estimate, *, n_eval: int | None = None,
+                   n_new: int | None = None) -> tuple[float, float] | None:
+    """Where ONE new run's top-1 (%) should fall with `est.confidence`, or None for n < 2.
+
+    Seeds: the Student-t prediction interval of a new value, mean +- t(n - 1) * std *
+    sqrt(1 + 1/n). Evaluation images (when `n_eval` is given): top-1 on a finite set of
+    images is a binomial proportion, so the mean (measured on our `n_eval` images) and the
+    new run (scored on `n_new`, default `n_eval`, other images of the same distribution)
+    each add p(1 - p)/N; that half-width, z * 100 * sqrt(p(1 - p)(1/n_eval + 1/n_new)),
+    is combined with the seeds' as the root of the sum of squares.
+    """
+    if est.n < 2 or est.ci_low is None:
+        return None
+    tail = 0.5 + est.confidence / 2
+    seed_half = float(_scipy_stats.t.ppf(tail, est.n - 1)) * est.std * math.sqrt(1 + 1 / est.n)
+    sample_half = 0.0
+    if n_eval:
+        p = min(max(est.mean / 100, 0.0), 1.0)
+        sample_half = float(_scipy_stats.norm.ppf(tail)) * 100 * math.sqrt(
+            p * (1 - p) * (1 / n_eval + 1 / (n_new or n_eval)))
+    half = math.hypot(seed_half, sample_half)
+    return est.mean - half, est.mean + half
+
+
 def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float],
                       confidence: float = CONFIDENCE) -> PairedDifference | None:
     """`values[seed] - baseline[seed]` over the seeds both have; None when they share none.
@@ -99,4 +127,5 @@ def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float]
     return PairedDifference(diff, p, seeds)
 
 
-__all__ = ["CONFIDENCE", "Estimate", "PairedDifference", "estimate", "paired_difference"]
+__all__ = ["CONFIDENCE", "Estimate", "PairedDifference", "estimate", "paired_difference",
+           "rerun_interval"]

@@ -22,14 +22,14 @@ from ..utils import atomic_write, closest
 from .results import (Reuse, Run, collect_runs, config_label, parse_reuse, placement_label,
                       run_identity)
 from .notes import costs_line, setup_line, value_text
-from .stats import estimate, paired_difference
+from .stats import estimate, paired_difference, rerun_interval
 
 MERGED_FILE = "merged.json"  # grid configurations that resolved to the same run as a row
 BEGIN_MARK = "<!-- attnres-report:{name} -->"
 END_MARK = "<!-- /attnres-report -->"
 CSV_COLUMNS = [
     "config", "label", "placement", "seeds", "n", "top1_mean", "top1_std", "top1_ci_low",
-    "top1_ci_high", "top1_per_seed", "top5_mean", "top5_std", "top5_ci_low", "top5_ci_high",
+    "top1_ci_high", "top1_rerun_low", "top1_rerun_high", "eval_images", "top1_per_seed", "top5_mean", "top5_std", "top5_ci_low", "top5_ci_high",
     "diff_mean", "diff_ci_low", "diff_ci_high", "diff_p", "diff_pairs", "diff_significant",
     "params", "flops", "latency_ms", "latency_ms_q1", "latency_ms_q3", "latency_ratio",
     "train_images_per_s",
@@ -89,11 +89,14 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
         diff = None if name == baseline else paired_difference(top1, base_top1)
         cost = measured.get(name, {})
         params = runs[0].summary.get("params", cost.get("params"))
+        n_eval = (runs[0].summary.get("data") or {}).get("n_val")
         rows.append({
             "config": name,
             "label": config_label(name, runs[0].settings, (merged or {}).get(name, ())),
             "placement": placement_label(runs[0].settings), "seeds": sorted(top1),
             "n": t1.n, "top1": t1, "top5": t5, "diff": diff, "top1_per_seed": top1,
+            "eval_images": int(n_eval) if n_eval else None,
+            "rerun": rerun_interval(t1, n_eval=int(n_eval) if n_eval else None),
             "params": int(params) if params is not None else None,
             "flops": cost.get("flops"), "latency_ms": cost.get("latency_ms"),
             "latency_ms_q1": (cost.get("latency_ms_iqr") or [None, None])[0],
@@ -118,7 +121,10 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
         "config": row["config"], "label": row["label"], "placement": row["placement"],
         "seeds": row["seeds"], "n": row["n"], "top1_mean": t1.mean,
         "top1_std": None if math.isnan(t1.std) else t1.std, "top1_ci_low": t1.ci_low,
-        "top1_ci_high": t1.ci_high, "top1_per_seed": [row["top1_per_seed"][s]
+        "top1_ci_high": t1.ci_high,
+        "top1_rerun_low": row["rerun"][0] if row["rerun"] else None,
+        "top1_rerun_high": row["rerun"][1] if row["rerun"] else None,
+        "eval_images": row["eval_images"], "top1_per_seed": [row["top1_per_seed"][s]
                                                       for s in row["seeds"]],
         "top5_mean": t5.mean if t5 else None,
         "top5_std": t5.std if t5 and not math.isnan(t5.std) else None,
@@ -167,7 +173,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
     return [
         row["label"], row["placement"], str(row["n"]), _acc(row["top1"]), _ci(row["top1"]),
-        delta, p, mark, _acc(row["top5"]), num(row["params"], ","),
+        f"[{row['rerun'][0]:.2f}, {row['rerun'][1]:.2f}]" if row["rerun"] else "n/a", delta, p, mark, _acc(row["top5"]), num(row["params"], ","),
         num(row["flops"] / 1e6 if row["flops"] is not None else None, ".2f"),
         (f"{row['train_speed_ratio']:.2f} ({row['train_images_per_s']:.0f}/s)"
          if row["train_speed_ratio"] is not None else "-"),
@@ -189,13 +195,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows of `build_rows` as a Markdown table."""
     base = rows[0]["baseline"] if rows else "baseline"
     header = ["config", "attention @ placement", "seeds", "top-1 %", "top-1 95% CI",
+              "one re-run 95%",
               f"Δ top-1 vs {base} [95% CI]", "p", "≠0", "top-5 %", "params", "MFLOPs",
               f"train img/s (× {base})", f"latency b=1 (× {base})", "peak train MB"]
-    align = ["---", "---", "---:", "---:", "---:", "---:", "---:", ":---:", "---:", "---:",
-             "---:", "---:", "---:", "---:"]
+    align = ["---", "---", *["---:"] * 6, ":---:", *["---:"] * 6]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _eval_images(rows: list[dict[str, Any]]) -> str:
+    counts = sorted({r["eval_images"] for r in rows if r["eval_images"]})
+    return "/".join(f"{c:,}" for c in counts) or "unknown: seeds only"
 
 
 def _recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -221,7 +232,11 @@ def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None
     lines = [format_table(rows), "",
              "Top-1 / top-5: validation accuracy (%) of each run's last epoch (not its best "
              "epoch, which would select on the validation data), mean ± sample std (ddof 1) "
-             "over seeds; 95% CI: Student t over seeds. Δ: difference to "
+             "over seeds; 95% CI: Student t over seeds, of the mean. One re-run 95%: where "
+             "a single new run (another seed) should land when scored on as many other "
+             "images of the same distribution: the t prediction interval over seeds, "
+             "std·sqrt(1 + 1/n), combined with the binomial sampling noise of both "
+             f"evaluation sets ({_eval_images(rows)} images each). Δ: difference to "
              f"`{base}` paired by seed (the same seeds), its 95% t interval and the paired "
              "t-test p (scipy.stats.ttest_rel); * marks a Δ whose interval excludes 0 "
              "(p < 0.05). n/a: one seed or pair (no spread), or zero spread.",
