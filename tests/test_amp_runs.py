@@ -75,7 +75,7 @@ def test_environment_override_of_the_cpu_flags(monkeypatch):
 ])
 def test_old_amp_fields_are_upgraded(old, new):
     upgraded = upgrade_config_dict({"arch": "resnet20", **old})
-    assert upgraded == {"arch": "resnet20", "amp": new}
+    assert upgraded == {"arch": "resnet20", "amp": new, "tta": "none"}
     assert "amp_dtype" in old or upgraded is not old  # a copy, the input is left alone
 
 

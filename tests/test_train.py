@@ -120,7 +120,7 @@ def test_attention_parameters_come_from_the_registry():
 # The 15-epoch CIFAR-10 grid's recipe, written out independently of attnres.training.RECIPES.
 CIFAR_FAST = dict(arch="resnet20", epochs=50, batch_size=128, lr=0.1, momentum=0.9,
                   nesterov=True, weight_decay=5e-4, label_smoothing=0.1, schedule="cosine",
-                  warmup_epochs=1.0, amp="bf16", channels_last=True)
+                  warmup_epochs=1.0, amp="bf16", channels_last=True, tta="flip")
 
 
 def cli_config(*argv: str) -> TrainConfig:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .checkpoint import checkpoint_file, load_checkpoint, load_model, read_checkpoint_config
 from .data import NAMED_DATASETS, BatchLoader, ImageData, StreamLoader, load_dataset, open_stream
 from .precision import AmpChoice, autocast_context, resolve_amp
+from .training.validation import TTA_MODES, tta_logits
 from .utils import atomic_write, atomic_write_json, resolve_device
 
 
@@ -66,7 +67,8 @@ def _summarise(loss: float, top1: int, topk: int, confusion: torch.Tensor,
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_size: int = 256,
-             device: str | torch.device = "cpu", amp: str | bool = "auto") -> dict:
+             device: str | torch.device = "cpu", amp: str | bool = "auto",
+             tta: str = "none") -> dict:
     """Top-1, top-5 (top-k capped at the class count), mean cross-entropy, per-class accuracy
     and confusion matrix (rows: true class, columns: predicted) of `model` on `data.<split>`.
 
@@ -75,44 +77,58 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
     restored afterwards. `amp`: the precision ("auto", "bf16", "fp16", "fp32";
     `attnres.precision.resolve_amp`). Returns {top1, top5, topk, loss, per_class, confusion,
     n, amp}; top1, top5 and per_class are percentages (0-100, like summary.json), loss is
-    the mean cross-entropy, n the number of images, amp the precision that ran.
+    the mean cross-entropy, n the number of images, amp the precision that ran. `tta`
+    "flip" scores the mean logits of each image and its mirror image (as `attnres train
+    --tta flip` validates) and adds `top1_no_tta`.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r} is not one of: train, val")
+    _check_tta(tta)
     images = getattr(data, split)
     loader = BatchLoader(images.images, images.labels, batch_size=batch_size, train=False,
                          mean=data.mean, std=data.std, kind=data.kind,
                          image_size=data.image_size)
     device = resolve_device(device)
-    return _evaluate_batches(model, loader, data.classes, device, resolve_amp(amp, device))
+    return _evaluate_batches(model, loader, data.classes, device, resolve_amp(amp, device),
+                             tta)
+
+
+def _check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta {tta!r} is not one of: {', '.join(TTA_MODES)}")
 
 
 @torch.inference_mode()
 def _evaluate_batches(model: nn.Module, loader: Any, classes: Sequence[str],
-                      device: torch.device, amp: AmpChoice) -> dict:
+                      device: torch.device, amp: AmpChoice, tta: str = "none") -> dict:
     """The metrics of `evaluate` over the normalised batches `(B, 3, S, S)`, `(B,)` of
     `loader` (a `BatchLoader` or a `StreamLoader`), under `amp`'s autocast; the batches go
     in the model's memory format."""
     num_classes = len(classes)
     k = min(5, num_classes)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    loss_sum, top1, topk = 0.0, 0, 0
+    loss_sum, top1, topk, plain1 = 0.0, 0, 0, 0
     was_training = model.training
     model.eval()
     try:
         layout = _memory_format(model)
         for x, y in loader:
             with autocast_context(amp, device):
-                logits = model(x.to(device, non_blocking=True).contiguous(memory_format=layout))
-            logits = logits.float()
+                logits, plain = tta_logits(
+                    model, x.to(device, non_blocking=True).contiguous(memory_format=layout), tta)
             if logits.shape[1] != num_classes:
                 raise ValueError(f"model gives {logits.shape[1]} outputs but the data has "
                                  f"{num_classes} classes")
             loss, hits1, hitsk = _accumulate(logits, y.to(device), k, confusion)
             loss_sum, top1, topk = loss_sum + loss, top1 + hits1, topk + hitsk
+            plain1 += int((plain.argmax(dim=1) == y.to(device)).sum())
     finally:
         model.train(was_training)
-    return {**_summarise(loss_sum, top1, topk, confusion, classes, k), "amp": amp.dtype}
+    result = {**_summarise(loss_sum, top1, topk, confusion, classes, k), "amp": amp.dtype,
+              "tta": tta}
+    if tta != "none":
+        result["top1_no_tta"] = 100.0 * plain1 / max(result["n"], 1)
+    return result
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
@@ -167,7 +183,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
                         val_split: float | None = None, split_seed: int | None = None,
                         batch_size: int = 256, device: str | torch.device = "cpu",
                         cache_dir: str | Path | None = None, loader: str | None = None,
-                        workers: int | None = None, amp: str | bool = "auto") -> dict[str, Any]:
+                        workers: int | None = None, amp: str | bool = "auto",
+                        tta: str | None = None) -> dict[str, Any]:
     """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
     `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
 
@@ -177,7 +194,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     the one the run trained with) says whether the data is decoded into memory or streamed
     (validation transforms of `attnres.data.stream`, `workers` DataLoader workers, default
     the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with native bf16, in the
-    channels_last layout `attnres train` uses there. Returns the metrics plus "checkpoint",
+    channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
+    run's own (`TrainConfig.tta`: how its validation top-1 was measured). Returns the
+    metrics plus "checkpoint",
     "data", "split", "amp", "amp_reason" and "files".
     """
     if split not in ("train", "val"):
@@ -189,6 +208,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     if choice.enabled:  # oneDNN's bf16 convolutions are NHWC, as in training
         model.to(memory_format=torch.channels_last)
     config = read_checkpoint_config(file)
+    tta = tta if tta is not None else str(config.get("tta", "none"))
+    _check_tta(tta)
     prep = dict(getattr(model, "preprocessing", {}) or {})
     if not {"mean", "std", "image_size"} <= set(prep):
         raise ValueError(f"checkpoint {str(file)!r} holds no preprocessing (mean, std, "
@@ -220,14 +241,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     dataset = dataclasses.replace(dataset, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     if isinstance(dataset, ImageData):
         result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device,
-                          amp=choice.dtype)
+                          amp=choice.dtype, tta=tta)
     else:
         batches = StreamLoader(getattr(dataset, split), batch_size=batch_size, train=False,
                                mean=dataset.mean, std=dataset.std, kind=dataset.kind,
                                image_size=dataset.image_size, persistent_workers=False,
                                num_workers=int(config.get("workers", 0) if workers is None
                                                else workers))
-        result = _evaluate_batches(model, batches, dataset.classes, device, choice)
+        result = _evaluate_batches(model, batches, dataset.classes, device, choice, tta)
     out_dir = Path(out) if out is not None else file.parent / "eval"
     json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
     result.update(accuracy_unit="percent", checkpoint=str(file), data=str(spec), split=split,
@@ -256,7 +277,9 @@ def read_eval_json(path: str | Path) -> dict[str, Any]:
 def format_table(result: dict) -> str:
     """A short text table: overall metrics, then per-class accuracy (all in %)."""
     lines = [f"{'split':<12}{result.get('split', '?')} ({result['n']} images)",
-             f"{'top-1':<12}{result['top1']:.2f}%",
+             f"{'top-1':<12}{result['top1']:.2f}%"
+             + (f" ({result['tta']} TTA; {result['top1_no_tta']:.2f}% without)"
+                if result.get("top1_no_tta") is not None else ""),
              f"{'top-' + str(result['topk']):<12}{result['top5']:.2f}%",
              f"{'loss':<12}{result['loss']:.4f}", "", f"{'class':<20}accuracy"]
     for name, acc in result["per_class"].items():

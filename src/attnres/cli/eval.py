@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="DataLoader workers when streaming (default: the run's)")
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
+    p.add_argument("--tta", choices=["none", "flip"],
+                   help="test-time augmentation: flip averages the logits of each image and "
+                        "its mirror image (default: the run's own, as it was validated)")
     add_amp(p)
     add_threads(p)
     p.set_defaults(func=run)
@@ -54,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
                                  val_split=args.val_split, split_seed=args.split_seed,
                                  batch_size=args.batch_size, device=args.device,
                                  cache_dir=args.cache_dir, loader=args.loader,
-                                 workers=args.workers, amp=args.amp)
-    print(f"precision: {result['amp']} ({result['amp_reason']})")
+                                 workers=args.workers, amp=args.amp, tta=args.tta)
+    print(f"precision: {result['amp']} ({result['amp_reason']})"
+          + (f"; test-time augmentation: {result['tta']}" if result["tta"] != "none" else ""))
     print(format_table(result))
     print(f"wrote {result['files']['json']} and {result['files']['confusion']}")
     return 0

@@ -119,6 +119,9 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
                             "quarter of the run)")
     optim.add_argument("--attention-lr-mult", type=float,
                        help="learning-rate multiplier for attention parameters")
+    optim.add_argument("--tta", choices=["none", "flip"],
+                       help="validation with test-time augmentation: flip averages the "
+                            "logits of each image and its mirror image (default: none)")
     optim.add_argument("--ema", type=float, metavar="DECAY",
                        help="keep an EMA of the weights (e.g. 0.999), validated every epoch")
     optim.add_argument("--precise-bn", type=int, metavar="N",

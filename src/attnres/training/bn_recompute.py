@@ -102,7 +102,7 @@ def run_precise_bn(run: _Run, summary: dict[str, Any]) -> None:
             used = precise_bn(model, inputs, min(config.precise_bn, run.steps_per_epoch))
         average_buffers(model, run.ddp)
         after = validate(model, run.val_loader, run.device, run.ddp, run.autocast,
-                         run.channels_last)
+                         run.channels_last, config.tta)
         result.update(batches=used, images=used * config.batch_size)
         for metric in ("val_top1", "val_top5", "val_loss"):
             result[f"{prefix}{metric}_before"] = last[f"{prefix}{metric}"]

@@ -62,6 +62,7 @@ class TrainConfig:
     # weight averaging and batch-norm statistics (see training/ema.py, training/precise_bn.py)
     ema: float = 0.0                         # EMA decay of the weights, e.g. 0.999; 0: off
     precise_bn: int = 0                      # after the last epoch: BN statistics over N batches
+    tta: str = "none"                        # validation: "none" or "flip" (validation.py)
     # how long (see training/limits.py): the first limit reached ends the run
     max_steps: int | None = None             # at most this many optimizer steps
     max_time: float | None = None            # seconds of training in this call (not kept
@@ -95,8 +96,10 @@ RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "out", "resume", "overw
 def upgrade_config_dict(values: dict[str, Any]) -> dict[str, Any]:
     """A TrainConfig dict of an older attnres (a checkpoint's or a config.json's) in today's
     fields: `amp` was a bool with `amp_dtype` ("bfloat16" or "float16") beside it, and is
-    now the precision that ran ("bf16", "fp16" or "fp32")."""
+    now the precision that ran ("bf16", "fp16" or "fp32"); before `tta` a run validated
+    without test-time augmentation."""
     values = dict(values)
+    values.setdefault("tta", "none")
     amp_dtype = values.pop("amp_dtype", "bfloat16")
     if isinstance(values.get("amp"), bool):
         values["amp"] = ("fp16" if amp_dtype == "float16" else "bf16") if values["amp"] \

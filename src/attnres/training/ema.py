@@ -47,7 +47,7 @@ def ema_metrics(run: _Run) -> dict[str, float]:
         return {}
     average_buffers(run.ema.module, run.ddp)  # its batch-norm statistics differ per rank
     metrics = validate(run.ema.module, run.val_loader, run.device, run.ddp, run.autocast,
-                       run.channels_last)
+                       run.channels_last, run.config.tta)
     return {f"ema_{key}": value for key, value in metrics.items()}
 
 

@@ -308,7 +308,7 @@ def _epoch(run: _Run, epoch: int, stop: StopRequest, memory: MemoryMeter) -> dic
                            "train_top1": 100.0 * correct / max(seen, 1)}
     average_buffers(run.raw_model, run.ddp)
     row.update(validate(run.net, run.val_loader, run.device, run.ddp, run.autocast,
-                        run.channels_last))
+                        run.channels_last, run.config.tta))
     row.update(ema_metrics(run))  # --ema: ema_val_loss, ema_val_top1, ema_val_top5
     row["train_images"] = int(seen)
     row["steps"] = run.steps_done()

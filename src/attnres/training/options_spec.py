@@ -239,6 +239,7 @@ RULES: dict[str, Rule] = {
     "step_milestones": Rule("custom", check=_milestones),
     "step_gamma": Rule("number", low=0, low_open=True),
     "attention_lr_mult": Rule("number", low=0),
+    "tta": Rule("choice", choices=lambda: ("none", "flip"), what="test-time augmentation"),
     # run
     "seed": Rule("int", low=0, high=MAX_SEED),
     "device": Rule("custom", check=_device),

@@ -42,6 +42,9 @@ def summary(config: TrainConfig, metrics: list[dict[str, Any]], *, params: int,
         "best_epoch": best_row["epoch"] if best_row else None,
         "last_val_top1": last_row["val_top1"] if last_row else None,
         "last_val_top5": last_row["val_top5"] if last_row else None,
+        # with --tta: the last epoch's top-1 without it, beside the TTA top-1 above
+        **({"last_val_top1_no_tta": last_row["val_top1_no_tta"]}
+           if last_row and "val_top1_no_tta" in last_row else {}),
         **_ema_summary(metrics),
         "params": params,
         "train_time_s": train_time,

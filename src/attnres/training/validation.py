@@ -1,5 +1,5 @@
 """Validation during training: loss, top-1 and top-5 over the whole validation split,
-summed over every process."""
+summed over every process, optionally with test-time augmentation (TTA)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Dist, all_reduce
+
+# "flip": the logits of each image averaged with those of its mirror image (the horizontal
+# flip that training augments with); airbench (Jordan 2024) scores CIFAR-10 this way.
+TTA_MODES = ("none", "flip")
+
+
+def tta_logits(net: nn.Module, images: torch.Tensor, tta: str) -> tuple[torch.Tensor,
+                                                                       torch.Tensor]:
+    """`(logits, plain_logits)` of `(B, C, H, W)` images, both `(B, classes)` in float32:
+    with tta "flip" the mean of the image's and its mirror's logits, and the image's alone."""
+    plain = net(images).float()
+    if tta == "none":
+        return plain, plain
+    if tta != "flip":
+        raise ValueError(f"tta={tta!r}: must be one of {', '.join(TTA_MODES)}")
+    return (plain + net(images.flip(3)).float()) / 2, plain
 
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -24,30 +40,35 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
 
 @torch.no_grad()
 def validate(net: nn.Module, loader: Any, device: torch.device, ddp: Dist,
-             autocast: Callable[[], Any], channels_last: bool) -> dict[str, float]:
-    """Mean loss (without label smoothing), top-1 and top-5 (%) over the whole val split.
+             autocast: Callable[[], Any], channels_last: bool, tta: str = "none"
+             ) -> dict[str, float]:
+    """Mean loss (without label smoothing), top-1 and top-5 (%) over the whole val split;
+    with `tta` "flip" of the averaged logits (`tta_logits`), plus `val_top1_no_tta`.
 
     `net` runs in eval mode on this process's share of `loader`; the sums are reduced over
     all processes, so each image counts once however unevenly the shares split.
     """
     net.eval()
-    loss_sum = correct1 = correct5 = count = 0.0
+    loss_sum = correct1 = correct5 = count = plain1 = 0.0
     for images, labels in loader:
         images, labels = to_device(images, labels, device, channels_last)
         with autocast():
-            logits = net(images)
-        logits = logits.float()
+            logits, plain = tta_logits(net, images, tta)
+        plain1 += (plain.argmax(dim=1) == labels).sum().item()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
         count += labels.numel()
-    loss_sum, correct1, correct5, count = all_reduce([loss_sum, correct1, correct5, count],
-                                                     ddp, device)
+    loss_sum, correct1, correct5, count, plain1 = all_reduce(
+        [loss_sum, correct1, correct5, count, plain1], ddp, device)
     count = max(count, 1.0)
-    return {"val_loss": loss_sum / count, "val_top1": 100.0 * correct1 / count,
-            "val_top5": 100.0 * correct5 / count}
+    result = {"val_loss": loss_sum / count, "val_top1": 100.0 * correct1 / count,
+              "val_top5": 100.0 * correct5 / count}
+    if tta != "none":
+        result["val_top1_no_tta"] = 100.0 * plain1 / count
+    return result
 
 
-__all__ = ["to_device", "validate"]
+__all__ = ["TTA_MODES", "to_device", "tta_logits", "validate"]
