@@ -34,7 +34,8 @@ def test_flip_logits_are_the_mean_over_the_mirror_image():
         tta_logits(net, x, "mirror")
 
 
-def test_a_tta_run_records_both_and_eval_reproduces_them(tiny_data, tmp_path, monkeypatch):
+def test_a_tta_run_records_both_and_eval_reproduces_them(tiny_data, tmp_path, monkeypatch,
+                                                         capsys):
     import attnres.data
     from attnres.checkpoint import load_model
     from attnres.evaluation import evaluate, evaluate_checkpoint
@@ -64,6 +65,15 @@ def test_a_tta_run_records_both_and_eval_reproduces_them(tiny_data, tmp_path, mo
     assert result["tta"] == "none" and result["top1"] == pytest.approx(plain["top1"])
     with pytest.raises(ValueError, match="'both'"):
         evaluate(model, data, tta="both")
+    # the command line says what it scored
+    from attnres.cli import main
+
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(tiny_data),
+                 "--out", str(tmp_path / "e3"), "--no-amp"]) == 0
+    printed = capsys.readouterr().out
+    assert "test-time augmentation: flip" in printed
+    assert f"{flip['top1']:.2f}% (flip TTA; {plain['top1']:.2f}% without)" in printed
+    assert json.loads((tmp_path / "e3" / "eval.json").read_text())["tta"] == "flip"
 
 
 def test_bad_tta_is_a_one_line_error(capsys):
@@ -74,8 +84,8 @@ def test_bad_tta_is_a_one_line_error(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "mirror" in err and "flip" in err
-    with pytest.raises(ValueError, match="tta"):
-        from attnres.training.options_spec import validate_config
+    with pytest.raises(ValueError, match="augmentation .mirror.; allowed: none, flip"):
+        from attnres.training import validate_config
         validate_config(TrainConfig(tta="mirror"))
 
 
