@@ -97,3 +97,39 @@ def test_old_runs_read_as_validated_without_tta():
     assert run_identity(old)["tta"] == "none" and run_identity(new)["tta"] == "flip"
     # an old run is not counted as a run of today's recipe
     assert any(d.startswith("tta") for d in recipe_differences(old, new))
+
+
+def _write_folder(root, data, indices, layout=""):
+    """Digits images as PNG files in ImageFolder layout under `root/layout`."""
+    from PIL import Image
+
+    for i in indices:
+        label = int(data.val.labels[i])
+        folder = root / layout / data.classes[label] if layout else root / data.classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.val.images[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+
+
+def test_eval_of_new_data_scores_every_image(reference_run, tiny_data, tmp_path):
+    """New data without its own validation images is scored whole, not a random tenth."""
+    from attnres.evaluation import evaluate_checkpoint
+
+    data = tiny_dataset(str(tiny_data))
+    every_class = [next(i for i in range(64) if int(data.val.labels[i]) == c)
+                   for c in range(len(data.classes))]
+    rest = [i for i in range(64) if i not in every_class][:30]
+    plain = tmp_path / "plain"
+    _write_folder(plain, data, every_class + rest)
+    whole = evaluate_checkpoint(reference_run / "last.pt", str(plain), out=tmp_path / "e1",
+                                cache_dir=tmp_path / "cache")
+    assert whole["split"] == "all" and whole["n"] == len(every_class + rest)
+    # an explicit split, or data that brings its own validation folder: that split
+    part = evaluate_checkpoint(reference_run / "last.pt", str(plain), out=tmp_path / "e2",
+                               val_split=10, cache_dir=tmp_path / "cache")
+    assert part["split"] == "val" and part["n"] == 10
+    given = tmp_path / "given"
+    _write_folder(given, data, every_class + rest, "train")
+    _write_folder(given, data, every_class, "val")
+    result = evaluate_checkpoint(reference_run / "last.pt", str(given), out=tmp_path / "e3",
+                                 cache_dir=tmp_path / "cache")
+    assert result["split"] == "val" and result["n"] == len(every_class)

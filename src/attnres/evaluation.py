@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import checkpoint_file, load_checkpoint, load_model, read_checkpoint_config
-from .data import NAMED_DATASETS, BatchLoader, ImageData, StreamLoader, load_dataset, open_stream
+from .data import (NAMED_DATASETS, BatchLoader, ImageData, ImageSet, StreamLoader, load_dataset,
+                   open_stream)
 from .precision import AmpChoice, autocast_context, resolve_amp
 from .training.validation import TTA_MODES, tta_logits
 from .utils import atomic_write, atomic_write_json, resolve_device
@@ -70,7 +71,8 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
              device: str | torch.device = "cpu", amp: str | bool = "auto",
              tta: str = "none") -> dict:
     """Top-1, top-5 (top-k capped at the class count), mean cross-entropy, per-class accuracy
-    and confusion matrix (rows: true class, columns: predicted) of `model` on `data.<split>`.
+    and confusion matrix (rows: true class, columns: predicted) of `model` on `data.<split>`
+    ("all": the training and validation images together).
 
     The split is normalised with `data.mean` / `data.std` (set these to the checkpoint's
     statistics when evaluating a trained model on new data). The model's train/eval mode is
@@ -81,16 +83,21 @@ def evaluate(model: nn.Module, data: ImageData, *, split: str = "val", batch_siz
     "flip" scores the mean logits of each image and its mirror image (as `attnres train
     --tta flip` validates) and adds `top1_no_tta`.
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split {split!r} is not one of: train, val")
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of: {', '.join(SPLITS)}")
     _check_tta(tta)
-    images = getattr(data, split)
+    images = getattr(data, split) if split != "all" else ImageSet(
+        torch.cat([data.train.images, data.val.images]),
+        torch.cat([data.train.labels, data.val.labels]))
     loader = BatchLoader(images.images, images.labels, batch_size=batch_size, train=False,
                          mean=data.mean, std=data.std, kind=data.kind,
                          image_size=data.image_size)
     device = resolve_device(device)
     return _evaluate_batches(model, loader, data.classes, device, resolve_amp(amp, device),
                              tta)
+
+
+SPLITS = ("val", "train", "all")
 
 
 def _check_tta(tta: str) -> None:
@@ -178,42 +185,12 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str
     return atomic_write(path, buffer.getvalue())
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
-                        out: str | Path | None = None, split: str = "val",
-                        val_split: float | None = None, split_seed: int | None = None,
-                        batch_size: int = 256, device: str | torch.device = "cpu",
-                        cache_dir: str | Path | None = None, loader: str | None = None,
-                        workers: int | None = None, amp: str | bool = "auto",
-                        tta: str | None = None) -> dict[str, Any]:
-    """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
-    `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
-
-    The data defaults to the checkpoint's own (`config.data`, its validation split and split
-    seed); images are normalised with the checkpoint's mean/std and resized to its image
-    size, never with statistics of the new data. `loader` ("memory" or "stream"; default:
-    the one the run trained with) says whether the data is decoded into memory or streamed
-    (validation transforms of `attnres.data.stream`, `workers` DataLoader workers, default
-    the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with native bf16, in the
-    channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
-    run's own (`TrainConfig.tta`: how its validation top-1 was measured). Returns the
-    metrics plus "checkpoint",
-    "data", "split", "amp", "amp_reason" and "files".
-    """
-    if split not in ("train", "val"):
-        raise ValueError(f"split {split!r} is not one of: train, val")
-    device = resolve_device(device)
-    file = checkpoint_file(checkpoint)  # a run folder: its best checkpoint, else its last
-    model = load_model(file, map_location=device)  # checks the checkpoint first
-    choice = resolve_amp(amp, device)
-    if choice.enabled:  # oneDNN's bf16 convolutions are NHWC, as in training
-        model.to(memory_format=torch.channels_last)
-    config = read_checkpoint_config(file)
-    tta = tta if tta is not None else str(config.get("tta", "none"))
-    _check_tta(tta)
-    prep = dict(getattr(model, "preprocessing", {}) or {})
-    if not {"mean", "std", "image_size"} <= set(prep):
-        raise ValueError(f"checkpoint {str(file)!r} holds no preprocessing (mean, std, "
-                         f"image_size); it was not written by attnres train")
+def _checkpoint_data(file: Path, config: dict[str, Any], prep: dict[str, Any],
+                     data: str | None, split: str | None, val_split: float | None,
+                     split_seed: int | None, cache_dir: str | Path | None,
+                     loader: str | None) -> tuple[str, Any, str]:
+    """`(spec, dataset, split)` for `evaluate_checkpoint`: the data (default: the run's own),
+    normalised with the checkpoint's statistics, and the split to score."""
     same_data = data is None or data == config.get("data")
     spec = data if data is not None else config.get("data")
     if not spec:
@@ -239,6 +216,55 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
         raise ValueError(f"data {spec!r} has classes {dataset.classes[:10]} but the model was "
                          f"trained on {classes[:10]}")
     dataset = dataclasses.replace(dataset, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    if split is None:
+        own_val = same_data or val_split is not None or (dataset.info or {}).get("val_given")
+        split = "val" if own_val else "all"
+    return str(spec), dataset, split
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
+                        out: str | Path | None = None, split: str | None = None,
+                        val_split: float | None = None, split_seed: int | None = None,
+                        batch_size: int = 256, device: str | torch.device = "cpu",
+                        cache_dir: str | Path | None = None, loader: str | None = None,
+                        workers: int | None = None, amp: str | bool = "auto",
+                        tta: str | None = None) -> dict[str, Any]:
+    """Evaluate a training checkpoint (file or run folder) and write `eval.json` +
+    `confusion.png` to `out` (default: `<checkpoint folder>/eval`).
+
+    The data defaults to the checkpoint's own (`config.data`, its validation split and split
+    seed). `split` None: "val" of the run's own data, of data with its own validation images
+    (root/val/, a test split) or with `val_split` given; else "all" (new data: score every
+    image, not a random tenth); images are normalised with the checkpoint's mean/std and resized to its image
+    size, never with statistics of the new data. `loader` ("memory" or "stream"; default:
+    the one the run trained with) says whether the data is decoded into memory or streamed
+    (validation transforms of `attnres.data.stream`, `workers` DataLoader workers, default
+    the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with native bf16, in the
+    channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
+    run's own (`TrainConfig.tta`: how its validation top-1 was measured). Returns the
+    metrics plus "checkpoint",
+    "data", "split", "amp", "amp_reason" and "files".
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of: {', '.join(SPLITS)}")
+    device = resolve_device(device)
+    file = checkpoint_file(checkpoint)  # a run folder: its best checkpoint, else its last
+    model = load_model(file, map_location=device)  # checks the checkpoint first
+    choice = resolve_amp(amp, device)
+    if choice.enabled:  # oneDNN's bf16 convolutions are NHWC, as in training
+        model.to(memory_format=torch.channels_last)
+    config = read_checkpoint_config(file)
+    tta = tta if tta is not None else str(config.get("tta", "none"))
+    _check_tta(tta)
+    prep = dict(getattr(model, "preprocessing", {}) or {})
+    if not {"mean", "std", "image_size"} <= set(prep):
+        raise ValueError(f"checkpoint {str(file)!r} holds no preprocessing (mean, std, "
+                         f"image_size); it was not written by attnres train")
+    spec, dataset, split = _checkpoint_data(file, config, prep, data, split, val_split,
+                                            split_seed, cache_dir, loader)
+    if split == "all" and not isinstance(dataset, ImageData):
+        raise ValueError(f"split 'all' of {spec!r} needs the memory loader (--data-loader "
+                         f"memory), or score --split train and --split val one at a time")
     if isinstance(dataset, ImageData):
         result = evaluate(model, dataset, split=split, batch_size=batch_size, device=device,
                           amp=choice.dtype, tta=tta)

@@ -19,8 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC",
                    help="digits, cifar10, cifar100, or an ImageFolder path/archive "
                         "(default: the checkpoint's training data)")
-    p.add_argument("--split", choices=["val", "train"], default="val",
-                   help="which split of the data to score")
+    p.add_argument("--split", choices=["val", "train", "all"],
+                   help="which images to score: val of the run's own data and of data with "
+                        "its own validation images (root/val/) or a --val-split; all of "
+                        "other data (default)")
     p.add_argument("--val-split", type=float, metavar="F",
                    help="validation fraction in (0, 1) or image count (default: the "
                         "checkpoint's, when the data is the same)")

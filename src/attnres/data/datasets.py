@@ -124,7 +124,8 @@ def _finish(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list
             hist = hist - channel_histogram(val_set.images)
     mean, std = stats_from_histogram(hist if hist is not None else
                                      channel_histogram(train.images))
-    info = dict(info or {}, n_train=len(train), n_val=len(val_set), split_seed=seed)
+    info = dict(info or {}, n_train=len(train), n_val=len(val_set), split_seed=seed,
+                val_given=val is not None and val_split is None)  # the data's own val set
     return ImageData(train=train, val=val_set, classes=list(classes), mean=mean, std=std,
                      image_size=image_size, kind=_kind_for(image_size), name=name, info=info)
 

@@ -131,7 +131,7 @@ def open_stream(spec: str | Path, *, val_split: float | None = None, seed: int =
     size = _image_size(listing, image_size)
     info = {"source": listing.source, "layout": listing.layout, "listing": str(listing.path),
             "fingerprint": listing.fingerprint, "n_train": len(train), "n_val": len(val),
-            "split_seed": seed}
+            "split_seed": seed, "val_given": listing.val is not None and val_split is None}
     if mean is None:
         order = hashlib.sha256(train.names_blob.tobytes() + train.name_start.tobytes())
         key = f"stats|{_stored_size(size)}|{stats_sample}|{order.hexdigest()[:16]}"
