@@ -60,4 +60,22 @@ def costs_line(costs: dict[str, Any] | None, base: str) -> str:
             f"{method.get('flops', '?')}.")
 
 
-__all__ = ["costs_line", "setup_line", "value_text"]
+def no_tta_line(rows: list[dict[str, Any]]) -> str | None:
+    """The same runs scored without test-time augmentation (`last_val_top1_no_tta`), for
+    rows whose runs validated with it; None when no row did."""
+    shown = [r for r in rows if r.get("top1_no_tta") is not None]
+    if not shown:
+        return None
+
+    def interval(r: dict[str, Any]) -> str:
+        low_high = r["rerun_no_tta"]
+        return f", one re-run [{low_high[0]:.2f}, {low_high[1]:.2f}]" if low_high else ""
+
+    cells = [f"{r['label']} {r['top1_no_tta'].mean:.2f}"
+             + ("" if r["top1_no_tta"].n < 2 else f" ± {r['top1_no_tta'].std:.2f}")
+             + interval(r) for r in shown]
+    return ("Top-1 of the same runs without test-time augmentation (each image alone; "
+            "`last_val_top1_no_tta`): " + "; ".join(cells) + ".")
+
+
+__all__ = ["costs_line", "no_tta_line", "setup_line", "value_text"]

@@ -21,7 +21,7 @@ from typing import Any
 from ..utils import atomic_write, closest
 from .results import (Reuse, Run, collect_runs, config_label, parse_reuse, placement_label,
                       run_identity)
-from .notes import costs_line, setup_line, value_text
+from .notes import costs_line, no_tta_line, setup_line, value_text
 from .stats import estimate, paired_difference, rerun_interval
 
 MERGED_FILE = "merged.json"  # grid configurations that resolved to the same run as a row
@@ -29,7 +29,8 @@ BEGIN_MARK = "<!-- attnres-report:{name} -->"
 END_MARK = "<!-- /attnres-report -->"
 CSV_COLUMNS = [
     "config", "label", "placement", "seeds", "n", "top1_mean", "top1_std", "top1_ci_low",
-    "top1_ci_high", "top1_rerun_low", "top1_rerun_high", "eval_images", "top1_per_seed", "top5_mean", "top5_std", "top5_ci_low", "top5_ci_high",
+    "top1_ci_high", "top1_rerun_low", "top1_rerun_high", "eval_images", "top1_no_tta_mean",
+    "top1_per_seed", "top5_mean", "top5_std", "top5_ci_low", "top5_ci_high",
     "diff_mean", "diff_ci_low", "diff_ci_high", "diff_p", "diff_pairs", "diff_significant",
     "params", "flops", "latency_ms", "latency_ms_q1", "latency_ms_q3", "latency_ratio",
     "train_images_per_s",
@@ -90,6 +91,8 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
         cost = measured.get(name, {})
         params = runs[0].summary.get("params", cost.get("params"))
         n_eval = (runs[0].summary.get("data") or {}).get("n_val")
+        plain = [r.summary.get("last_val_top1_no_tta") for r in runs]
+        no_tta = estimate([float(v) for v in plain]) if None not in plain else None
         rows.append({
             "config": name,
             "label": config_label(name, runs[0].settings, (merged or {}).get(name, ())),
@@ -97,6 +100,8 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
             "n": t1.n, "top1": t1, "top5": t5, "diff": diff, "top1_per_seed": top1,
             "eval_images": int(n_eval) if n_eval else None,
             "rerun": rerun_interval(t1, n_eval=int(n_eval) if n_eval else None),
+            "top1_no_tta": no_tta, "rerun_no_tta": no_tta and rerun_interval(
+                no_tta, n_eval=int(n_eval) if n_eval else None),
             "params": int(params) if params is not None else None,
             "flops": cost.get("flops"), "latency_ms": cost.get("latency_ms"),
             "latency_ms_q1": (cost.get("latency_ms_iqr") or [None, None])[0],
@@ -124,7 +129,9 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
         "top1_ci_high": t1.ci_high,
         "top1_rerun_low": row["rerun"][0] if row["rerun"] else None,
         "top1_rerun_high": row["rerun"][1] if row["rerun"] else None,
-        "eval_images": row["eval_images"], "top1_per_seed": [row["top1_per_seed"][s]
+        "eval_images": row["eval_images"],
+        "top1_no_tta_mean": row["top1_no_tta"].mean if row["top1_no_tta"] else None,
+        "top1_per_seed": [row["top1_per_seed"][s]
                                                       for s in row["seeds"]],
         "top5_mean": t5.mean if t5 else None,
         "top5_std": t5.std if t5 and not math.isnan(t5.std) else None,
@@ -241,6 +248,8 @@ def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None
              "t-test p (scipy.stats.ttest_rel); * marks a Δ whose interval excludes 0 "
              "(p < 0.05). n/a: one seed or pair (no spread), or zero spread.",
              "", *_recipe_lines(rows), "", costs_line(costs, base)]
+    if no_tta_line(rows):
+        lines += ["", no_tta_line(rows)]
     lines += [item for note in notes for item in ("", note)]
     if image:
         lines += ["", f"![top-1 per seed and 95% CI against cost]({image})"]
