@@ -112,6 +112,7 @@ def test_table_numbers_match_scipy(modules: Path) -> None:
     assert cells[14] == "360.0"
     assert "last epoch" in md and "Test CPU" in md and "torch threads 1" in md
     assert "cbam @ block, all stages" in md
+    assert "amp bf16, tta none." in md  # how the top-1 was measured is part of the recipe
     # the CSV and the returned rows hold the unrounded numbers
     table = {r["config"]: r for r in csv.DictReader((modules / "results.csv").open())}
     assert float(table["cbam"]["diff_p"]) == pytest.approx(p)

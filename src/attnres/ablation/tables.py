@@ -39,7 +39,7 @@ CSV_COLUMNS = [
 # Recipe fields named in the report's recipe line, in this order (when present).
 RECIPE_SHOWN = ("arch", "data", "val_split", "split_seed", "image_size", "epochs",
                 "batch_size", "lr", "momentum", "nesterov", "weight_decay", "label_smoothing",
-                "schedule", "warmup_epochs", "attention_lr_mult", "amp", "pretrained")
+                "schedule", "warmup_epochs", "attention_lr_mult", "amp", "tta", "pretrained")
 _MODEL_FIELDS = ("attention", "attention_kwargs", "placement")
 
 
