@@ -126,9 +126,10 @@ def _evaluate_batches(model: nn.Module, loader: Any, classes: Sequence[str],
             if logits.shape[1] != num_classes:
                 raise ValueError(f"model gives {logits.shape[1]} outputs but the data has "
                                  f"{num_classes} classes")
-            loss, hits1, hitsk = _accumulate(logits, y.to(device), k, confusion)
+            y = y.to(device)
+            loss, hits1, hitsk = _accumulate(logits, y, k, confusion)
             loss_sum, top1, topk = loss_sum + loss, top1 + hits1, topk + hitsk
-            plain1 += int((plain.argmax(dim=1) == y.to(device)).sum())
+            plain1 += int((plain.argmax(dim=1) == y).sum())
     finally:
         model.train(was_training)
     result = {**_summarise(loss_sum, top1, topk, confusion, classes, k), "amp": amp.dtype,
@@ -235,15 +236,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     The data defaults to the checkpoint's own (`config.data`, its validation split and split
     seed). `split` None: "val" of the run's own data, of data with its own validation images
     (root/val/, a test split) or with `val_split` given; else "all" (new data: score every
-    image, not a random tenth); images are normalised with the checkpoint's mean/std and resized to its image
-    size, never with statistics of the new data. `loader` ("memory" or "stream"; default:
+    image, not a random tenth). Images are normalised with the checkpoint's mean/std and
+    resized to its image size, never with statistics of the new data. `loader` ("memory" or "stream"; default:
     the one the run trained with) says whether the data is decoded into memory or streamed
     (validation transforms of `attnres.data.stream`, `workers` DataLoader workers, default
     the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with native bf16, in the
     channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
     run's own (`TrainConfig.tta`: how its validation top-1 was measured). Returns the
-    metrics plus "checkpoint",
-    "data", "split", "amp", "amp_reason" and "files".
+    metrics plus "checkpoint", "data", "split", "amp", "amp_reason" and "files".
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of: {', '.join(SPLITS)}")

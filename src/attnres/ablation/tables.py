@@ -91,6 +91,7 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
         cost = measured.get(name, {})
         params = runs[0].summary.get("params", cost.get("params"))
         n_eval = (runs[0].summary.get("data") or {}).get("n_val")
+        n_eval = int(n_eval) if n_eval else None
         plain = [r.summary.get("last_val_top1_no_tta") for r in runs]
         no_tta = estimate([float(v) for v in plain]) if None not in plain else None
         rows.append({
@@ -98,10 +99,9 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
             "label": config_label(name, runs[0].settings, (merged or {}).get(name, ())),
             "placement": placement_label(runs[0].settings), "seeds": sorted(top1),
             "n": t1.n, "top1": t1, "top5": t5, "diff": diff, "top1_per_seed": top1,
-            "eval_images": int(n_eval) if n_eval else None,
-            "rerun": rerun_interval(t1, n_eval=int(n_eval) if n_eval else None),
-            "top1_no_tta": no_tta, "rerun_no_tta": no_tta and rerun_interval(
-                no_tta, n_eval=int(n_eval) if n_eval else None),
+            "eval_images": n_eval, "rerun": rerun_interval(t1, n_eval=n_eval),
+            "top1_no_tta": no_tta,
+            "rerun_no_tta": no_tta and rerun_interval(no_tta, n_eval=n_eval),
             "params": int(params) if params is not None else None,
             "flops": cost.get("flops"), "latency_ms": cost.get("latency_ms"),
             "latency_ms_q1": (cost.get("latency_ms_iqr") or [None, None])[0],
@@ -180,7 +180,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
     return [
         row["label"], row["placement"], str(row["n"]), _acc(row["top1"]), _ci(row["top1"]),
-        f"[{row['rerun'][0]:.2f}, {row['rerun'][1]:.2f}]" if row["rerun"] else "n/a", delta, p, mark, _acc(row["top5"]), num(row["params"], ","),
+        f"[{row['rerun'][0]:.2f}, {row['rerun'][1]:.2f}]" if row["rerun"] else "n/a",
+        delta, p, mark, _acc(row["top5"]), num(row["params"], ","),
         num(row["flops"] / 1e6 if row["flops"] is not None else None, ".2f"),
         (f"{row['train_speed_ratio']:.2f} ({row['train_images_per_s']:.0f}/s)"
          if row["train_speed_ratio"] is not None else "-"),
@@ -248,8 +249,9 @@ def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None
              "t-test p (scipy.stats.ttest_rel); * marks a Δ whose interval excludes 0 "
              "(p < 0.05). n/a: one seed or pair (no spread), or zero spread.",
              "", *_recipe_lines(rows), "", costs_line(costs, base)]
-    if no_tta_line(rows):
-        lines += ["", no_tta_line(rows)]
+    no_tta = no_tta_line(rows)
+    if no_tta:
+        lines += ["", no_tta]
     lines += [item for note in notes for item in ("", note)]
     if image:
         lines += ["", f"![top-1 per seed and 95% CI against cost]({image})"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..training.options_spec import default_text
+from ..training.options_spec import TTA_MODES, default_text
 from .help import show_defaults
 from .common import add_amp, add_threads, with_threads
 
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="DataLoader workers when streaming (default: the run's)")
     p.add_argument("--out", metavar="DIR",
                    help="folder for eval.json and confusion.png (default: <run>/eval)")
-    p.add_argument("--tta", choices=["none", "flip"],
+    p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation: flip averages the logits of each image and "
                         "its mirror image (default: the run's own, as it was validated)")
     add_amp(p)

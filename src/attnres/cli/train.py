@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..training.options_spec import TTA_MODES
 from .help import show_train_defaults
 from .common import add_amp, add_threads, gate_names, number, with_threads
 from .options import parse_key_values
@@ -119,7 +120,7 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
                             "quarter of the run)")
     optim.add_argument("--attention-lr-mult", type=float,
                        help="learning-rate multiplier for attention parameters")
-    optim.add_argument("--tta", choices=["none", "flip"],
+    optim.add_argument("--tta", choices=TTA_MODES,
                        help="validation with test-time augmentation: flip averages the "
                             "logits of each image and its mirror image (default: none)")
     optim.add_argument("--ema", type=float, metavar="DECAY",

@@ -62,7 +62,7 @@ class TrainConfig:
     # weight averaging and batch-norm statistics (see training/ema.py, training/precise_bn.py)
     ema: float = 0.0                         # EMA decay of the weights, e.g. 0.999; 0: off
     precise_bn: int = 0                      # after the last epoch: BN statistics over N batches
-    tta: str = "none"                        # validation: "none" or "flip" (validation.py)
+    tta: str = "none"                        # validation: options_spec.TTA_MODES
     # how long (see training/limits.py): the first limit reached ends the run
     max_steps: int | None = None             # at most this many optimizer steps
     max_time: float | None = None            # seconds of training in this call (not kept

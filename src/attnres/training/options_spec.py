@@ -201,6 +201,10 @@ def _amp(name: str, value: Any) -> None:
 
 _UNIT = dict(low=0, high=1, high_open=True)  # [0, 1)
 
+# "flip": the logits of each image averaged with those of its mirror image (the horizontal
+# flip that training augments with); airbench (Jordan 2024) scores CIFAR-10 this way.
+TTA_MODES = ("none", "flip")
+
 RULES: dict[str, Rule] = {
     # model
     "arch": Rule("choice", choices=_models, what="architecture"),
@@ -239,7 +243,7 @@ RULES: dict[str, Rule] = {
     "step_milestones": Rule("custom", check=_milestones),
     "step_gamma": Rule("number", low=0, low_open=True),
     "attention_lr_mult": Rule("number", low=0),
-    "tta": Rule("choice", choices=lambda: ("none", "flip"), what="test-time augmentation"),
+    "tta": Rule("choice", choices=lambda: TTA_MODES, what="test-time augmentation"),
     # run
     "seed": Rule("int", low=0, high=MAX_SEED),
     "device": Rule("custom", check=_device),
@@ -314,4 +318,4 @@ def default_text(name: str, default: Any) -> str:
     return "none" if default is None else str(default)
 
 
-__all__ = ["FLOAT32_MAX", "MAX_SEED", "RULES", "Rule", "check_config", "default_text"]
+__all__ = ["FLOAT32_MAX", "MAX_SEED", "RULES", "Rule", "TTA_MODES", "check_config", "default_text"]

@@ -10,11 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options_spec import TTA_MODES
 from .distributed import Dist, all_reduce
-
-# "flip": the logits of each image averaged with those of its mirror image (the horizontal
-# flip that training augments with); airbench (Jordan 2024) scores CIFAR-10 this way.
-TTA_MODES = ("none", "flip")
 
 
 def tta_logits(net: nn.Module, images: torch.Tensor, tta: str) -> tuple[torch.Tensor,
