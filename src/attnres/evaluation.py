@@ -240,8 +240,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     resized to its image size, never with statistics of the new data. `loader` ("memory" or
     "stream"; default: the one the run trained with) says whether the data is decoded into
     memory or streamed (validation transforms of `attnres.data.stream`, `workers` DataLoader
-    workers, default the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with native bf16, in the
-    channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
+    workers, default the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with
+    native bf16, in the channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
     run's own (`TrainConfig.tta`: how its validation top-1 was measured). Returns the
     metrics plus "checkpoint", "data", "split", "amp", "amp_reason" and "files".
     """
