@@ -241,9 +241,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *,
     "stream"; default: the one the run trained with) says whether the data is decoded into
     memory or streamed (validation transforms of `attnres.data.stream`, `workers` DataLoader
     workers, default the run's). `amp` as in `evaluate`: "auto" is bf16 on a CPU with
-    native bf16, in the channels_last layout `attnres train` uses there. `tta` as in `evaluate`; None: the
-    run's own (`TrainConfig.tta`: how its validation top-1 was measured). Returns the
-    metrics plus "checkpoint", "data", "split", "amp", "amp_reason" and "files".
+    native bf16, in the channels_last layout `attnres train` uses there. `tta` as in
+    `evaluate`; None: the run's own (`TrainConfig.tta`: how its validation top-1 was
+    measured). Returns the metrics plus "checkpoint", "data", "split", "amp", "amp_reason"
+    and "files".
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of: {', '.join(SPLITS)}")
