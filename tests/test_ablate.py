@@ -243,6 +243,36 @@ def test_shards_share_a_grid_without_training_a_run_twice(tmp_path: Path, traine
             parse_shard(bad)
 
 
+def test_no_train_measures_costs_of_a_grid_still_training(tmp_path: Path, trainer,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """`train=False` (`--no-train`) trains none of the missing runs but measures the costs of
+    every configuration and reports the finished runs."""
+    calls: list = []
+    trainer(fake_train(calls))
+    out, results = tmp_path / "runs", tmp_path / "results"
+    ablate(GRID, out=out, results=results, seeds=[0, 1], shard="1/2", latency=False,
+           explain_maps=False, log=lambda m: None)
+    finished = {(c.attention, c.seed) for c in calls}
+    measured: list[list[str]] = []
+
+    def fake_costs(configs, **kwargs) -> dict:
+        measured.append(list(configs))
+        return {"format": 1, "configs": {n: {"params": 1} for n in configs}}
+    monkeypatch.setattr(run_mod, "measure_costs", fake_costs)
+    monkeypatch.setattr(run_mod, "_data_facts", lambda *a: (10, 8))
+    calls.clear()
+    messages: list[str] = []
+    rows = ablate(GRID, out=out, results=results, seeds=[0, 1], train=False,
+                  explain_maps=False, log=messages.append)
+    assert calls == [] and measured == [["baseline", "se"]]
+    assert sum("not trained" in m for m in messages) == 4 - len(finished)
+    assert json.loads((results / "costs.json").read_text())["configs"].keys() == {"baseline",
+                                                                                   "se"}
+    assert {r["config"] for r in rows} == {"baseline" if a is None else a
+                                           for a, _ in finished}
+
+
 def test_presets_come_from_the_registries() -> None:
     modules = load_grid("modules")
     assert [c["name"] for c in modules.configs] == ["baseline", *list_attention()]
@@ -403,6 +433,9 @@ def test_measure_costs_in_one_process() -> None:
                           warmup=1, log=lambda m: None)
     assert costs["threads"] == torch.get_num_threads() == costs["machine"]["torch_threads"]
     assert costs["train_batch_size"] == [4] and costs["device"] == "cpu"
+    import os
+    # how busy the machine was, next to the figures (os.getloadavg: Unix)
+    assert costs["machine"]["load_average_1min"] == pytest.approx(os.getloadavg()[0], abs=4)
     for name, settings in configs.items():
         model = build_model("resnet20", attention=settings.get("attention"),
                             preset=settings.get("preset"), num_classes=3)

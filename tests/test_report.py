@@ -211,8 +211,21 @@ def test_bad_folders(tmp_path: Path) -> None:
         report(mixed, baseline="basline")
     with pytest.raises(ValueError, match="FOLDER:CONFIG=ROW"):
         report(mixed, reuse=["nocolon"])
-    with pytest.raises(ValueError, match="no finished runs of 'cbam'"):
-        report(mixed, reuse=[f"{mixed}:cbam=all"])
+    with pytest.raises(ValueError, match="no finished runs"):  # nothing at all to report
+        report(tmp_path / "empty", reuse=[f"{tmp_path / 'empty'}:cbam=all"])
+
+
+def test_reused_row_not_finished_yet_waits(tmp_path: Path) -> None:
+    """A reused row whose source has no finished run yet (its grid still trains) is left
+    out, and the notes say which and why; the rows that are there are reported."""
+    folder, other = tmp_path / "placements", tmp_path / "modules"
+    write_run(folder, "last", 0, 61.0, 90.0, attention="cbam")
+    write_run(other, "baseline", 0, 60.0, 90.0)
+    rows = report(folder, reuse=[f"{other}:baseline=none,cbam=all"], baseline="none",
+                  plot=False)
+    assert [r["config"] for r in rows] == ["none", "last"]
+    md = (folder / "results.md").read_text()
+    assert "all (reused: " in md and "no finished run of 'cbam' yet; it has: baseline" in md
 
 
 def test_rows_that_differ_in_recipe_say_so(tmp_path: Path) -> None:
@@ -261,6 +274,12 @@ def test_report_states_how_costs_were_measured(modules: Path) -> None:
     assert "peak train MB: the allocator's peak of one step" in line
     assert "medians of interleaved runs" in line and "interquartile" in line
     assert "after training" in line and "FLOPs: counted" in line
+    costs["machine"]["load_average_1min"] = 2.04  # measured beside other work (--no-train)
+    (modules / "costs.json").write_text(json.dumps(costs))
+    report(modules, plot=False)
+    md = (modules / "results.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Costs, measured"))
+    assert "1-minute load average 2.0 as they began" in line and "after training" not in line
 
 
 def test_plot_legend_entries_never_overlap(tmp_path: Path) -> None:

@@ -162,6 +162,9 @@ def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
         raise ValueError(f"repeats={repeats}, train_repeats={train_repeats}, warmup={warmup}: "
                          f"repeats must be >= 3 (a median and its spread) and warmup >= 0")
     dev = resolve_device(device)
+    # other work on the machine slows every network alike (the ratios hold) but not the
+    # absolute figures: record how busy it was
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     sizes = {name: int(batch_size or s.get("batch_size") or 128) for name, s in configs.items()}
     with _threads(threads):
         torch.manual_seed(0)
@@ -199,7 +202,7 @@ def measure_costs(configs: Mapping[str, Mapping[str, Any]], *, image_size: int,
         "format": COSTS_FORMAT,
         "device": str(dev),
         "threads": thread_count,
-        "machine": {**hardware(), "torch_threads": thread_count},
+        "machine": {**hardware(), "torch_threads": thread_count, "load_average_1min": load},
         "image_size": image_size,
         "num_classes": num_classes,
         "train_batch_size": sorted(set(sizes.values())),

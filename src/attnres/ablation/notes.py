@@ -51,12 +51,15 @@ def costs_line(costs: dict[str, Any] | None, base: str) -> str:
     where = m.get("cpu", "?") + (f", GPU {m['gpu']}" if m.get("gpu") else "")
     sizes = ", ".join(map(str, costs.get("train_batch_size", [])))
     method = costs.get("method", {})
+    load = m.get("load_average_1min")
+    busy = (f"the machine's 1-minute load average {load:.1f} as they began"
+            if load is not None else "measured after training")
     return (f"Costs, measured in one process on {where} ({m.get('cpu_cores', '?')} cores, "
             f"torch threads {costs.get('threads', '?')}, device {costs.get('device', '?')}, "
             f"torch {m.get('torch', '?')}), inputs {costs.get('image_size')} px, ratios to "
             f"`{base}`: train img/s of an SGD step at batch {sizes} and batch-1 inference "
-            f"latency, medians of interleaved runs (IQR: their interquartile range), measured "
-            f"after training; peak train MB: {method.get('memory', '?')}. FLOPs: "
+            f"latency, medians of interleaved runs (IQR: their interquartile range), "
+            f"{busy}; peak train MB: {method.get('memory', '?')}. FLOPs: "
             f"{method.get('flops', '?')}.")
 
 

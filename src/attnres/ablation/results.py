@@ -230,7 +230,8 @@ def find_runs(folder: str | Path) -> tuple[list[Run], list[str]]:
 def collect_runs(folder: str | Path, reuse: Sequence[Reuse] = ()
                  ) -> tuple[dict[str, list[Run]], list[str]]:
     """Finished runs per row name: those of `folder`, then the reused ones (renamed).
-    Also returns the unfinished runs' folder names."""
+    Also returns the unfinished runs' folder names and the reused rows with no finished
+    run yet."""
     runs, unfinished = find_runs(folder)
     table: dict[str, list[Run]] = {}
     for run in runs:
@@ -242,10 +243,11 @@ def collect_runs(folder: str | Path, reuse: Sequence[Reuse] = ()
                 raise ValueError(f"reuse {item.folder}:{src}={dst}: {folder} has runs named "
                                  f"{dst!r} itself; choose another row name")
             picked = [dataclasses.replace(r, config=dst) for r in theirs if r.config == src]
-            if not picked:
+            if not picked:  # a grid still training: the row waits (and the report says so)
                 names = sorted({r.config for r in theirs})
-                raise ValueError(f"reuse: {item.folder} has no finished runs of {src!r}; "
-                                 f"it has: {', '.join(names) or 'none'}")
+                unfinished.append(f"{dst} (reused: {item.folder} has no finished run of "
+                                  f"{src!r} yet; it has: {', '.join(names) or 'none'})")
+                continue
             table[dst] = picked
     return table, unfinished
 

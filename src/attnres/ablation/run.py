@@ -127,6 +127,9 @@ def _train_missing(plans: list[tuple[str, dict[str, Any], dict[str, Any]]],
         if action.startswith("shard"):
             log(f"{tag}: left to {action}")
             continue
+        if action.startswith("not trained"):
+            log(f"{tag}: {action}")
+            continue
         if action == "train":
             kwargs: dict[str, Any] = {**explicit[name], "seed": seed, "out": str(run_dir)}
             if (run_dir / "last.pt").is_file():
@@ -215,7 +218,7 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
            batch_size: int | None = None, overrides: dict[str, Any] | None = None,
            baseline: str | None = None, latency: bool = True, explain_maps: bool = True,
            recipe: str | None = None, shard: str | tuple[int, int] | None = None,
-           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+           train: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every configuration x seed of `grid` that is not finished yet, then write the
     report (`report`) of the results folder.
 
@@ -233,7 +236,10 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
     whose place in the grid's fixed order (configurations, then seeds) is I modulo N, so
     that N processes (one thread each, say) share the grid without ever training the same
     run; a shard measures no costs and draws no maps (an unsharded call does, once every
-    run is finished) but writes the report of what is there. Returns the report's rows.
+    run is finished) but writes the report of what is there. `train=False`: train nothing
+    (finished runs under `out` are still copied), measure the costs and draw the maps, and
+    write the report of what is there, so that a grid still training elsewhere gets its
+    cost columns. Returns the report's rows.
     """
     shard = parse_shard(shard) if shard is not None else None  # bad input fails first
     grid = load_grid(grid)
@@ -263,6 +269,9 @@ def ablate(grid: str | Path | dict[str, Any] | Grid, *, out: str | Path,
                  if action != "done" and k % count != index - 1 else action)
                 for k, (name, seed, action) in enumerate(todo)]
         latency = explain_maps = False
+    if not train:
+        todo = [(name, seed, "not trained (train=False)" if action == "train" else action)
+                for name, seed, action in todo]
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     if merged or (results / MERGED_FILE).is_file():  # the report labels the rows with them

@@ -73,6 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="train only every N-th run, starting at the I-th (N processes "
                              "share one grid; costs and maps are left to a run without "
                              "--shard) (default: every run)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: measure the costs, draw the maps and write the "
+                             "report of the runs finished so far (while a --shard grid or "
+                             "another machine still trains the rest)")
     add_amp(parser, default=None)
     add_threads(parser)
     parser.set_defaults(func=run)
@@ -114,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
            baseline=args.baseline, seeds=args.seeds, data=args.data,
            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
            overrides=overrides, latency=not args.no_latency, explain_maps=not args.no_explain,
-           recipe=args.recipe, shard=args.shard)
+           recipe=args.recipe, shard=args.shard, train=not args.no_train)
     return 0
