@@ -25,7 +25,8 @@ PARAMS = {"baseline": 269722, "cbam": 272629}
 
 
 def write_run(folder: Path, name: str, seed: int, top1: float, top5: float, *,
-              finished: bool = True, params: int = 1000, **settings) -> None:
+              finished: bool = True, params: int = 1000, summary_extra: dict | None = None,
+              **settings) -> None:
     """The three files `attnres train` leaves for a run, as the trainer writes them."""
     config = dataclasses.asdict(attnres.TrainConfig(
         **{"arch": "resnet20", "data": "/somewhere/cifar10-jpeg-train.tar.gz",
@@ -38,7 +39,8 @@ def write_run(folder: Path, name: str, seed: int, top1: float, top5: float, *,
                                      f"2,{top1},{top5}\n")
     summary = {"best_val_top1": top1 + 5.0,  # a best epoch that the report must not use
                "best_val_top5": top5, "last_val_top1": top1, "last_val_top5": top5,
-               "params": params, "finished": finished, "epochs": 2, "config": config}
+               "params": params, "finished": finished, "epochs": 2, "config": config,
+               **(summary_extra or {})}
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -374,3 +376,23 @@ def test_runs_validated_with_tta_also_report_top1_without(modules: Path) -> None
     assert rows[1]["top1_no_tta_mean"] == pytest.approx(values.mean())
     # the table itself keeps the validated (TTA) top-1
     assert _row(md, "cbam")[3].startswith(f"{np.mean(TOP1['cbam']):.2f}")
+
+
+def test_report_states_how_long_runs_trained(tmp_path: Path) -> None:
+    """The block says how long each row's runs trained (mean, min-max of `train_time_s`),
+    on which CPU and threads, and the table's total; rows without times are left out."""
+    folder = tmp_path / "timed"
+    times = {("baseline", 0): 5997.0, ("baseline", 1): 6419.0, ("cbam", 0): 7500.0}
+    for (name, seed), seconds in times.items():
+        write_run(folder, name, seed, 60.0 + seed, 90.0, attention=name if name != "baseline"
+                  else None, summary_extra={"train_time_s": seconds, "threads": 1,
+                                            "precision": {"cpu": "Test EPYC"}})
+    write_run(folder, "se", 0, 61.0, 90.0, attention="se")  # recorded no time
+    report(folder, plot=False)
+    md = (folder / "results.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Training time per run"))
+    mean = (5997 + 6419) / 2 / 60
+    assert f"baseline {mean:.0f} ({5997 / 60:.0f}-{6419 / 60:.0f})" in line
+    assert f"cbam {7500 / 60:.0f}." in line or f"cbam {7500 / 60:.0f};" in line
+    assert "on Test EPYC, 1 thread per run" in line and "se " not in line.split(":", 1)[1]
+    assert f"In all: {sum(times.values()) / 3600:.1f} hours over 3 runs." in line

@@ -1,6 +1,6 @@
 """The sentences of a report that say what its numbers are: the setup line at the top
-(data, image size, epochs, seeds, machine, threads) and the line on how costs were
-measured."""
+(data, image size, epochs, seeds, machine, threads), the line on how costs were measured,
+and the lines on the top-1 without TTA and on how long the runs trained."""
 
 from __future__ import annotations
 
@@ -82,3 +82,25 @@ def no_tta_line(rows: list[dict[str, Any]]) -> str | None:
 
 
 __all__ = ["costs_line", "no_tta_line", "setup_line", "value_text"]
+
+
+def time_line(rows: list[dict[str, Any]]) -> str | None:
+    """How long the rows' runs trained (the wall clock of their epochs, `train_time_s`), on
+    which CPU and with how many threads; None when no run recorded it."""
+    shown = [r for r in rows if r.get("train_time_s")]
+    if not shown:
+        return None
+    cpus = sorted({c for r in shown for c in r.get("train_cpus", [])})
+    threads = sorted({t for r in shown for t in r.get("train_threads", [])})
+    per_run = (f", {'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''} per run"
+               if threads else "")
+    cells = []
+    for r in shown:
+        minutes = [t / 60 for t in r["train_time_s"].values()]
+        spread = f" ({min(minutes):,.0f}-{max(minutes):,.0f})" if len(minutes) > 1 else ""
+        cells.append(f"{r['label']} {sum(minutes) / len(minutes):,.0f}{spread}")
+    times = [t for r in shown for t in r["train_time_s"].values()]
+    return (f"Training time per run, minutes (mean, min-max; wall clock of its epochs, "
+            f"`train_time_s`, on {', '.join(cpus)}{per_run}): " + "; ".join(cells)
+            + f". In all: {sum(times) / 3600:,.1f} hours over {len(times)} "
+            f"run{'s' if len(times) > 1 else ''}.")

@@ -21,7 +21,7 @@ from typing import Any
 from ..utils import atomic_write, closest
 from .results import (Reuse, Run, collect_runs, config_label, parse_reuse, placement_label,
                       run_identity)
-from .notes import costs_line, no_tta_line, setup_line, value_text
+from .notes import costs_line, no_tta_line, setup_line, time_line, value_text
 from .stats import estimate, paired_difference, rerun_interval
 
 MERGED_FILE = "merged.json"  # grid configurations that resolved to the same run as a row
@@ -114,6 +114,10 @@ def build_rows(table: dict[str, list[Run]], baseline: str,
             "baseline": baseline, "settings": runs[0].settings,
             "train_threads": sorted({r.summary["threads"] for r in runs
                                      if r.summary.get("threads") is not None}),
+            "train_time_s": {r.seed: float(r.summary["train_time_s"]) for r in runs
+                             if r.summary.get("train_time_s") is not None},
+            "train_cpus": sorted({(r.summary.get("precision") or {}).get("cpu") or "?"
+                                  for r in runs}),
         })
     return rows
 
@@ -249,9 +253,8 @@ def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None
              "t-test p (scipy.stats.ttest_rel); * marks a Δ whose interval excludes 0 "
              "(p < 0.05). n/a: one seed or pair (no spread), or zero spread.",
              "", *_recipe_lines(rows), "", costs_line(costs, base)]
-    no_tta = no_tta_line(rows)
-    if no_tta:
-        lines += ["", no_tta]
+    lines += [item for line in (no_tta_line(rows), time_line(rows)) if line
+              for item in ("", line)]
     lines += [item for note in notes for item in ("", note)]
     if image:
         lines += ["", f"![top-1 per seed and 95% CI against cost]({image})"]
