@@ -396,3 +396,34 @@ def test_report_states_how_long_runs_trained(tmp_path: Path) -> None:
     assert f"cbam {7500 / 60:.0f}." in line or f"cbam {7500 / 60:.0f};" in line
     assert "on Test EPYC, 1 thread per run" in line and "se " not in line.split(":", 1)[1]
     assert f"In all: {sum(times.values()) / 3600:.1f} hours over 3 runs." in line
+
+
+def test_reading_says_which_rows_differ_in_words(tmp_path: Path) -> None:
+    """The sentence under the table sorts the rows by their paired difference: better and
+    worse only where the 95 % interval (scipy's t) excludes 0, the rest "no significant
+    difference", a row with one seed "too few seeds"; the numbers are the table's."""
+    from scipy import stats as sps
+
+    base = [60.0, 61.0, 62.0]
+    rows = {"up": [61.5, 62.4, 63.6], "down": [59.0, 60.1, 60.9], "flat": [60.5, 60.6, 62.8]}
+    folder = tmp_path / "words"
+    for seed, top1 in enumerate(base):
+        write_run(folder, "baseline", seed, top1, 90.0)
+    for name, values in rows.items():
+        for seed, top1 in enumerate(values):
+            write_run(folder, name, seed, top1, 90.0, attention="se")
+    write_run(folder, "one", 0, 65.0, 90.0, attention="eca")
+    report(folder, plot=False)
+    md = (folder / "results.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Reading"))
+
+    def said(name: str) -> str:
+        d = np.array(rows[name]) - np.array(base)
+        low, high = sps.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=sps.sem(d))
+        return f"{name} {d.mean():+.2f} [{low:+.2f}, {high:+.2f}]"
+    assert f"Better than `baseline`: {said('up')}." in line
+    assert f"Worse than `baseline`: {said('down')}." in line
+    assert f"No significant difference (the interval includes 0): {said('flat')}." in line
+    assert line.endswith("Too few seeds to tell yet: one.")
+    table_end = md.index("\n\n", md.index("| baseline"))
+    assert md[table_end + 2:].startswith("Reading")  # right under the table

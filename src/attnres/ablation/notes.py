@@ -104,3 +104,37 @@ def time_line(rows: list[dict[str, Any]]) -> str | None:
             f"`train_time_s`, on {', '.join(cpus)}{per_run}): " + "; ".join(cells)
             + f". In all: {sum(times) / 3600:,.1f} hours over {len(times)} "
             f"run{'s' if len(times) > 1 else ''}.")
+
+
+def reading_line(rows: list[dict[str, Any]]) -> str | None:
+    """The table in words: each row's paired difference to the baseline, sorted into
+    distinguishable from zero at 95 % (better, worse) and not, with what the row costs;
+    rows with fewer than two pairs are named as too few to tell. None for a table of the
+    baseline alone."""
+    base = rows[0]["baseline"]
+    groups: dict[str, list[str]] = {"better": [], "worse": [], "same": [], "few": []}
+    for r in rows:
+        if r["config"] == base:
+            continue
+        d = r["diff"]
+        if d is None or d.estimate.ci_low is None:
+            groups["few"].append(r["label"])
+            continue
+        e = d.estimate
+        costs = [f"{r[key]:.2f}x {what}" for key, what in
+                 (("train_speed_ratio", "training speed"), ("latency_ratio", "batch-1 latency"))
+                 if r.get(key) is not None]
+        text = (f"{r['label']} {e.mean:+.2f} [{e.ci_low:+.2f}, {e.ci_high:+.2f}]"
+                + (f" at {', '.join(costs)}" if costs else ""))
+        groups["same" if not d.significant else "better" if e.mean > 0 else "worse"].append(
+            text)
+    if not any(groups.values()):
+        return None
+    said = {"better": f"better than `{base}`", "worse": f"worse than `{base}`",
+            "same": "no significant difference (the interval includes 0)",
+            "few": "too few seeds to tell yet"}
+    parts = [f"{said[k]}: {'; '.join(v)}" for k, v in groups.items() if v]
+    if not groups["better"] and not groups["worse"] and groups["same"]:
+        parts.insert(0, f"no row is distinguishable from `{base}` at 95 %")
+    return ("Reading (top-1 points vs `" + base + "`, paired by seed, 95 % intervals): "
+            + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")

@@ -21,7 +21,8 @@ from typing import Any
 from ..utils import atomic_write, closest
 from .results import (Reuse, Run, collect_runs, config_label, parse_reuse, placement_label,
                       run_identity)
-from .notes import costs_line, no_tta_line, setup_line, time_line, value_text
+from .notes import (costs_line, no_tta_line, reading_line, setup_line, time_line,
+                    value_text)
 from .stats import estimate, paired_difference, rerun_interval
 
 MERGED_FILE = "merged.json"  # grid configurations that resolved to the same run as a row
@@ -241,7 +242,8 @@ def format_block(rows: list[dict[str, Any]], costs: dict[str, Any] | None = None
                  notes: Sequence[str] = (), image: str | None = None) -> str:
     """The table with the lines that say what its numbers are (the README block)."""
     base = rows[0]["baseline"]
-    lines = [format_table(rows), "",
+    reading = reading_line(rows)
+    lines = [format_table(rows), "", *([reading, ""] if reading else []),
              "Top-1 / top-5: validation accuracy (%) of each run's last epoch (not its best "
              "epoch, which would select on the validation data), mean ± sample std (ddof 1) "
              "over seeds; 95% CI: Student t over seeds, of the mean. One re-run 95%: where "
