@@ -544,3 +544,21 @@ def test_demo_beats_chance_on_every_row_and_says_what_it_ran(tmp_path: Path) -> 
     assert costs["machine"]["cpu"] in setup and costs["image_size"] == DEMO_IMAGE_SIZE
     assert f"trained with {torch.get_num_threads()} torch thread" in setup
     assert any(m.startswith("demo: done in") for m in messages)
+
+
+def test_docs_grid_files_are_rows_of_the_modules_preset() -> None:
+    """The grid files the README's commands name train runs that join the `modules` table:
+    every configuration has a preset row's name and settings, and together with the
+    placements preset they cover the issue-14 rows (5 seeds of baseline and CBAM)."""
+    grids = Path(__file__).resolve().parents[1] / "docs" / "grids"
+    preset = {c["name"]: c for c in load_grid("modules").configs}
+    seeds: dict[str, set[int]] = {}
+    for path in sorted(grids.glob("modules-*.toml")):
+        grid = load_grid(path)
+        assert grid.name == "modules"
+        for config in grid.configs:
+            row = preset[config["name"]]
+            assert {k: v for k, v in row.items() if v is not None} == config
+            seeds.setdefault(config["name"], set()).update(grid.seeds)
+    assert seeds == {"baseline": {0, 1, 2, 3, 4}, "cbam": {0, 1, 2, 3, 4},
+                     "se": {0, 1, 2}, "eca": {0, 1, 2}, "bam": {0, 1, 2}}
