@@ -81,8 +81,6 @@ def no_tta_line(rows: list[dict[str, Any]]) -> str | None:
             "`last_val_top1_no_tta`): " + "; ".join(cells) + ".")
 
 
-__all__ = ["costs_line", "no_tta_line", "setup_line", "value_text"]
-
 
 def time_line(rows: list[dict[str, Any]]) -> str | None:
     """How long the rows' runs trained (the wall clock of their epochs, `train_time_s`), on
@@ -138,3 +136,7 @@ def reading_line(rows: list[dict[str, Any]]) -> str | None:
         parts.insert(0, f"no row is distinguishable from `{base}` at 95 %")
     return ("Reading (top-1 points vs `" + base + "`, paired by seed, 95 % intervals): "
             + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
+
+
+__all__ = ["costs_line", "no_tta_line", "reading_line", "setup_line", "time_line",
+           "value_text"]
